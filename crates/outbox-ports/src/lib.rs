@@ -1,0 +1,52 @@
+//! The ports of outbox-rs: the traits that adapters implement and the runtime drives.
+//!
+//! This crate sits between the pure [`outbox_domain`] and everything that does I/O
+//! (`domain ← ports ← adapters ← runtime ← cli`). It holds only trait definitions and
+//! the plain data and error types their signatures need, so it stays small and stable:
+//! services depend on it to swap adapters in their tests.
+//!
+//! | port | implemented by |
+//! |---|---|
+//! | [`MessageStore`] | in-memory (test-support), sea-orm (PostgreSQL, MySQL, SQLite) |
+//! | [`Publisher`] | in-memory (test-support), Kafka, Pulsar |
+//! | [`Inbox`] | in-memory (test-support), sea-orm |
+//! | [`CompensationStore`] | in-memory (test-support), sea-orm |
+//! | [`OperationExecutor`] | the user's service |
+//! | [`CursorStore`] | in-memory (test-support), sea-orm |
+//! | [`Clock`] | [`SystemClock`], `ManualClock` (test-support) |
+//!
+//! Every adapter proves its implementation with the conformance suites in
+//! `outbox-test-support`. With the `mock` feature, `mockall` mocks of every trait
+//! (`MockMessageStore`, `MockPublisher`, …) are generated for unit tests.
+
+mod clock;
+mod compensation;
+mod cursor;
+mod error;
+mod inbox;
+mod publisher;
+mod store;
+
+pub use clock::{Clock, SystemClock};
+pub use compensation::{CompensationFilter, CompensationStore, ExecuteError, OperationExecutor};
+pub use cursor::{Cursor, CursorPosition, CursorStore};
+pub use error::{StoreError, StoreResult};
+pub use inbox::{Inbox, InboxOutcome};
+pub use publisher::{PublishError, PublishErrorKind, PublishOutcome, Publisher};
+pub use store::{
+    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
+    Settlement, StoredMessage,
+};
+
+#[cfg(feature = "mock")]
+pub use compensation::{MockCompensationStore, MockOperationExecutor};
+#[cfg(feature = "mock")]
+pub use cursor::MockCursorStore;
+#[cfg(feature = "mock")]
+pub use inbox::MockInbox;
+#[cfg(feature = "mock")]
+pub use publisher::MockPublisher;
+#[cfg(feature = "mock")]
+pub use store::MockMessageStore;
+#[cfg(feature = "mock")]
+pub use clock::MockClock;

@@ -1,0 +1,74 @@
+use async_trait::async_trait;
+use outbox_domain::OutboxMessage;
+use std::time::Duration;
+
+/// Whether a publish failure is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// Timeouts, broker unavailable, leader changes: retry with backoff.
+    Transient,
+    /// Message too large, unknown topic, not authorised: retrying cannot help; the
+    /// message becomes a dead letter.
+    Permanent,
+}
+
+/// Why one message was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?} publish failure: {message}")]
+#[non_exhaustive]
+pub struct PublishError {
+    /// Retry or give up.
+    pub kind: PublishErrorKind,
+    /// The broker asked to wait at least this long (throttling).
+    pub retry_after: Option<Duration>,
+    /// The broker's description.
+    pub message: String,
+}
+
+impl PublishError {
+    /// A failure worth retrying.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { kind: PublishErrorKind::Transient, retry_after: None, message: message.into() }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { kind: PublishErrorKind::Permanent, retry_after: None, message: message.into() }
+    }
+
+    /// Asks the relay to wait at least `after` before the next attempt.
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// Whether retrying may help.
+    pub fn is_transient(&self) -> bool {
+        self.kind == PublishErrorKind::Transient
+    }
+}
+
+/// The outcome of publishing one message.
+pub type PublishOutcome = Result<(), PublishError>;
+
+/// Delivers messages to a broker.
+///
+/// Contract (checked by the publisher conformance suite in `outbox-test-support`):
+/// - [`publish`](Publisher::publish) returns exactly one outcome per message, in input
+///   order; a failure is reported per message, never for "the batch".
+/// - `Ok(())` means the broker durably acknowledged the message.
+/// - The partition key becomes the broker's message key and the message id, event type,
+///   service, content type and schema version travel as headers/properties.
+/// - Within one batch no two messages share an ordering key (the relay's claim
+///   guarantees it), so a publisher may send a batch's messages concurrently.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes a batch, returning one outcome per message in the same order.
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome>;
+
+    /// Waits until everything sent has been acknowledged, up to `timeout`
+    /// (called on graceful shutdown).
+    async fn flush(&self, timeout: Duration) -> Result<(), PublishError>;
+}

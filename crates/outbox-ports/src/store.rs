@@ -1,0 +1,201 @@
+use crate::StoreResult;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox_domain::{Delivery, ErrorText, Lease, LeaseToken, MessageId, MessageStatus, OutboxMessage};
+use std::time::Duration;
+
+/// A message with its delivery state, as a store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StoredMessage {
+    /// Position in write order within the store; ordering and listing follow it.
+    pub seq: u64,
+    /// The envelope.
+    pub message: OutboxMessage,
+    /// The delivery state.
+    pub delivery: Delivery,
+}
+
+impl StoredMessage {
+    /// Bundles the parts (for adapters).
+    pub fn new(seq: u64, message: OutboxMessage, delivery: Delivery) -> Self {
+        Self { seq, message, delivery }
+    }
+}
+
+/// A relay's request for work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The relay instance, recorded in the lease for operators.
+    pub owner: String,
+    /// At most this many messages.
+    pub limit: usize,
+    /// How long the claim holds before the messages return to the pool.
+    pub lease_for: Duration,
+    /// The current time (from the relay's [`Clock`](crate::Clock)).
+    pub now: DateTime<Utc>,
+}
+
+/// A message handed to a relay, with the lease that entitles it to settle it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedMessage {
+    /// The envelope.
+    pub message: OutboxMessage,
+    /// The lease; settle with its token.
+    pub lease: Lease,
+    /// Attempts including this one.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+}
+
+/// What happened to one claimed message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// The broker acknowledged it.
+    Published,
+    /// It failed and should be tried again at `at` (if attempts remain; otherwise the
+    /// store makes it dead).
+    Retry {
+        /// What went wrong.
+        error: ErrorText,
+        /// When to try again.
+        at: DateTime<Utc>,
+    },
+    /// It failed for good.
+    Dead {
+        /// Why.
+        error: ErrorText,
+    },
+}
+
+/// The outcome of one claim, reported back to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    /// The message.
+    pub id: MessageId,
+    /// The token of the claim being settled.
+    pub token: LeaseToken,
+    /// What happened.
+    pub disposition: Disposition,
+}
+
+/// What a [`MessageStore::settle`] call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SettleReport {
+    /// Settlements applied.
+    pub settled: usize,
+    /// Settlements refused because the lease had been lost (expired and reclaimed, or
+    /// the message was already consumed); another claim owns the outcome now.
+    pub lease_lost: Vec<MessageId>,
+}
+
+/// Which messages [`MessageStore::list`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only messages in this status.
+    pub status: Option<MessageStatus>,
+    /// Only messages written after this [`StoredMessage::seq`] (for paging).
+    pub after_seq: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl ListFilter {
+    /// The first `limit` messages in `status`.
+    pub fn status(status: MessageStatus, limit: usize) -> Self {
+        Self { status: Some(status), after_seq: None, limit }
+    }
+}
+
+/// Counts for monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxStats {
+    /// Pending and never tried (the backlog).
+    pub pending: u64,
+    /// Pending after at least one failed attempt (the retry queue).
+    pub retrying: u64,
+    /// Claimed by a relay.
+    pub in_flight: u64,
+    /// Acknowledged by the broker.
+    pub published: u64,
+    /// Reported processed by a consumer.
+    pub consumed: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Creation time of the oldest unfinished message.
+    pub oldest_unsent_at: Option<DateTime<Utc>>,
+}
+
+impl OutboxStats {
+    /// Builds stats (for adapters).
+    #[allow(clippy::too_many_arguments)] // one argument per counter; a builder would hide none of them
+    pub fn new(
+        pending: u64,
+        retrying: u64,
+        in_flight: u64,
+        published: u64,
+        consumed: u64,
+        dead: u64,
+        oldest_unsent_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self { pending, retrying, in_flight, published, consumed, dead, oldest_unsent_at }
+    }
+
+    /// Messages the relay still owes a delivery.
+    pub fn unfinished(&self) -> u64 {
+        self.pending + self.retrying + self.in_flight
+    }
+}
+
+/// Durable storage of outbox messages and their delivery state.
+///
+/// Contract (checked by the conformance suite in `outbox-test-support`):
+/// - **Claim** returns only claimable messages (pending, due, attempts left) that are the
+///   first unfinished message of their (service, partition key), so at most one message
+///   per key is in flight across all relays, and a failing head parks only its own key
+///   (see [`outbox_domain::ordering`]). Each claim takes a fresh lease and counts an
+///   attempt; concurrent claims never return the same message.
+/// - **Settle** is a compare-and-set on the lease token: a stale token is reported in
+///   [`SettleReport::lease_lost`] and changes nothing.
+/// - **Enqueue** is all or nothing and keeps the given order.
+/// - Claim cost must not grow with the number of finished messages kept.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Appends messages as pending, in order, all or none. Returns their ids. A message
+    /// whose id already exists fails the call with [`StoreError::DuplicateMessage`](crate::StoreError::DuplicateMessage).
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>>;
+
+    /// Claims up to `request.limit` messages under a fresh lease.
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>>;
+
+    /// Records the outcomes of claims, in one round trip.
+    async fn settle(&self, settlements: Vec<Settlement>, now: DateTime<Utc>) -> StoreResult<SettleReport>;
+
+    /// Returns up to `limit` messages whose lease expired before `now` to the pool
+    /// (or makes them dead on their last attempt). Returns how many it released.
+    async fn release_expired(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<u64>;
+
+    /// Marks messages consumed (for producers that track consumption). Returns how many
+    /// changed; unknown or already consumed ids are skipped.
+    async fn mark_consumed(&self, ids: &[MessageId], now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Sends dead messages back to the relay with fresh attempts. Returns how many were
+    /// dead and are now pending; ids in other states are skipped.
+    async fn replay_dead(&self, ids: &[MessageId], now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Makes a pending message dead, for example to unpark its key.
+    async fn kill(&self, id: MessageId, reason: ErrorText, now: DateTime<Utc>) -> StoreResult<()>;
+
+    /// One message with its state.
+    async fn get(&self, id: MessageId) -> StoreResult<Option<StoredMessage>>;
+
+    /// Messages in write order, filtered.
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<StoredMessage>>;
+
+    /// Counts for monitoring.
+    async fn stats(&self) -> StoreResult<OutboxStats>;
+}
