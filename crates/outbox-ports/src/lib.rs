@@ -32,7 +32,7 @@ pub use compensation::{CompensationFilter, CompensationStore, ExecuteError, Oper
 pub use cursor::{Cursor, CursorPosition, CursorStore};
 pub use error::{StoreError, StoreResult};
 pub use inbox::{Inbox, InboxOutcome};
-pub use publisher::{PublishError, PublishErrorKind, PublishOutcome, Publisher};
+pub use publisher::{PublishError, PublishErrorKind, PublishOutcome, Publisher, header, wire_headers};
 pub use store::{
     ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
     Settlement, StoredMessage,

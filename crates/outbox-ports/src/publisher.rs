@@ -72,3 +72,50 @@ pub trait Publisher: Send + Sync {
     /// (called on graceful shutdown).
     async fn flush(&self, timeout: Duration) -> Result<(), PublishError>;
 }
+
+/// Names of the headers (Kafka) or properties (Pulsar) that carry the envelope.
+pub mod header {
+    /// The message id, the consumer's deduplication key.
+    pub const MESSAGE_ID: &str = "outbox-message-id";
+    /// The event type.
+    pub const EVENT_TYPE: &str = "outbox-event-type";
+    /// The owning service.
+    pub const SERVICE: &str = "outbox-service";
+    /// The payload's MIME type.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// The payload schema version.
+    pub const SCHEMA_VERSION: &str = "outbox-schema-version";
+    /// When the business event happened (RFC 3339).
+    pub const OCCURRED_AT: &str = "outbox-occurred-at";
+    /// W3C trace parent.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state.
+    pub const TRACESTATE: &str = "tracestate";
+}
+
+/// The headers a publisher sends with `message`: the envelope fields under the
+/// [`header`] names, then the message's own headers (which cannot override them).
+/// Every broker adapter uses this one mapping, so consumers see the same headers
+/// whichever broker carried the message.
+pub fn wire_headers(message: &OutboxMessage) -> Vec<(String, String)> {
+    let mut out = vec![
+        (header::MESSAGE_ID.to_owned(), message.id.to_string()),
+        (header::EVENT_TYPE.to_owned(), message.event_type.clone()),
+        (header::SERVICE.to_owned(), message.service.clone()),
+        (header::CONTENT_TYPE.to_owned(), message.payload.content_type().to_owned()),
+        (header::SCHEMA_VERSION.to_owned(), message.schema_version.to_string()),
+        (header::OCCURRED_AT.to_owned(), message.occurred_at.to_rfc3339()),
+    ];
+    if let Some(ctx) = &message.trace_context {
+        out.push((header::TRACEPARENT.to_owned(), ctx.traceparent.clone()));
+        if let Some(state) = &ctx.tracestate {
+            out.push((header::TRACESTATE.to_owned(), state.clone()));
+        }
+    }
+    for (name, value) in &message.headers {
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.clone(), value.clone()));
+        }
+    }
+    out
+}

@@ -1,4 +1,4 @@
-use crate::StoreResult;
+use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::{Delivery, ErrorText, Lease, LeaseToken, MessageId, MessageStatus, OutboxMessage};
@@ -34,6 +34,29 @@ pub struct ClaimRequest {
     pub lease_for: Duration,
     /// The current time (from the relay's [`Clock`](crate::Clock)).
     pub now: DateTime<Utc>,
+}
+
+impl ClaimRequest {
+    /// Rejects requests no store can serve (zero limit, zero lease). Every adapter calls
+    /// this first, so all of them answer bad input the same way.
+    pub fn validate(&self) -> StoreResult<()> {
+        if self.limit == 0 {
+            return Err(StoreError::InvalidInput("claim limit must be at least 1".into()));
+        }
+        if self.lease_for.is_zero() {
+            return Err(StoreError::InvalidInput("lease duration must be greater than zero".into()));
+        }
+        if chrono::Duration::from_std(self.lease_for).is_err() {
+            return Err(StoreError::InvalidInput(format!("lease duration {:?} is too long", self.lease_for)));
+        }
+        Ok(())
+    }
+
+    /// When a lease taken by this request expires.
+    pub fn lease_expires_at(&self) -> DateTime<Utc> {
+        let lease = chrono::Duration::from_std(self.lease_for).unwrap_or(chrono::Duration::MAX);
+        self.now.checked_add_signed(lease).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
 }
 
 /// A message handed to a relay, with the lease that entitles it to settle it.

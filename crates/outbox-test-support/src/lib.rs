@@ -1,1 +1,29 @@
-//! placeholder
+//! Test support for outbox-rs and for services that use it.
+//!
+//! - In-memory adapters of every storage port and a publisher that acts as a broker:
+//!   real, thread-safe implementations that pass the same conformance suites as the
+//!   database and broker adapters, usable in your own tests and in `outbox demo`.
+//! - Fault-injecting wrappers ([`FaultyPublisher`], [`FaultyStore`]) that fail N times,
+//!   fail permanently, fail for one key, or delay.
+//! - A [`ManualClock`] for deterministic retry and lease tests.
+//! - The **conformance suites** ([`conformance`]): one for the store port and one for
+//!   the publisher port. Every adapter crate runs them through
+//!   [`store_conformance_tests!`] and [`publisher_conformance_tests!`].
+//!
+//! This crate sits beside the adapters (`ports ← test-support`); it must not depend on
+//! the runtime, so runtime tests can use it without a cycle.
+
+mod clock;
+pub mod conformance;
+mod faults;
+mod memory_compensation;
+mod memory_inbox;
+mod memory_publisher;
+mod memory_store;
+
+pub use clock::ManualClock;
+pub use faults::{FaultyPublisher, FaultyStore, StoreOp};
+pub use memory_compensation::InMemoryCompensationStore;
+pub use memory_inbox::{InMemoryCursorStore, InMemoryInbox};
+pub use memory_publisher::InMemoryPublisher;
+pub use memory_store::InMemoryStore;

@@ -1,0 +1,247 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox_domain::{
+    BackoffPolicy, Delivery, DeliveryEvent, ErrorText, Lease, LeaseToken, MessageId, MessageStatus,
+    OutboxMessage, select_heads,
+};
+use outbox_ports::{
+    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
+    Settlement, StoreError, StoreResult, StoredMessage,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use uuid::Uuid;
+
+/// A thread-safe, in-memory [`MessageStore`]. Clones share the same messages.
+///
+/// It applies the domain's state machine and ordering rule directly, so it is the
+/// reference the SQL adapters are compared with. Claims scan only unfinished messages,
+/// so their cost does not grow with the number of published messages kept.
+#[derive(Debug, Clone)]
+pub struct InMemoryStore {
+    inner: Arc<Mutex<State>>,
+    max_attempts: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Messages in write order; `seq` is the index plus one.
+    log: Vec<(OutboxMessage, Delivery)>,
+    by_id: HashMap<MessageId, usize>,
+    /// Indices of pending and in-flight messages.
+    unfinished: BTreeSet<usize>,
+}
+
+impl Default for InMemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryStore {
+    /// An empty store giving each message the default policy's attempts (20).
+    pub fn new() -> Self {
+        Self::with_max_attempts(BackoffPolicy::default().max_attempts())
+    }
+
+    /// An empty store giving each message `max_attempts` attempts.
+    pub fn with_max_attempts(max_attempts: u32) -> Self {
+        Self { inner: Arc::default(), max_attempts: max_attempts.max(1) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn stored(&self, idx: usize) -> StoredMessage {
+        let (message, delivery) = &self.log[idx];
+        StoredMessage::new(idx as u64 + 1, message.clone(), delivery.clone())
+    }
+
+    /// Applies `event` to the message at `idx`, keeping the unfinished index in step.
+    fn apply(&mut self, idx: usize, event: DeliveryEvent, now: DateTime<Utc>) -> StoreResult<()> {
+        let (message, delivery) = &mut self.log[idx];
+        let next = delivery
+            .apply(event, now)
+            .map_err(|source| StoreError::Transition { id: message.id, source })?;
+        *delivery = next;
+        if delivery.status.is_unfinished() {
+            self.unfinished.insert(idx);
+        } else {
+            self.unfinished.remove(&idx);
+        }
+        Ok(())
+    }
+
+    fn index(&self, id: MessageId) -> StoreResult<usize> {
+        self.by_id
+            .get(&id)
+            .copied()
+            .ok_or_else(|| StoreError::NotFound { what: "message", id: id.to_string() })
+    }
+}
+
+#[async_trait]
+impl MessageStore for InMemoryStore {
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
+        let mut state = self.lock();
+        let mut seen = std::collections::HashSet::new();
+        for m in &messages {
+            if state.by_id.contains_key(&m.id) || !seen.insert(m.id) {
+                return Err(StoreError::DuplicateMessage(m.id));
+            }
+        }
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in messages {
+            let idx = state.log.len();
+            ids.push(m.id);
+            state.by_id.insert(m.id, idx);
+            state.unfinished.insert(idx);
+            let delivery = Delivery::new(self.max_attempts, m.created_at);
+            state.log.push((m, delivery));
+        }
+        Ok(ids)
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>> {
+        request.validate()?;
+        let mut state = self.lock();
+        let now = request.now;
+        let heads = select_heads(
+            state.unfinished.iter().map(|&i| (i, state.log[i].0.ordering_key(), &state.log[i].1)),
+            now,
+            request.limit,
+        );
+        let expires_at = request.lease_expires_at();
+        let mut claimed = Vec::with_capacity(heads.len());
+        for idx in heads {
+            let lease = Lease {
+                owner: request.owner.clone(),
+                token: LeaseToken::from_uuid(Uuid::new_v4()),
+                expires_at,
+            };
+            state.apply(idx, DeliveryEvent::Claim { lease: lease.clone() }, now)?;
+            let (message, delivery) = &state.log[idx];
+            claimed.push(ClaimedMessage {
+                message: message.clone(),
+                lease,
+                attempts: delivery.attempts,
+                max_attempts: delivery.max_attempts,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn settle(&self, settlements: Vec<Settlement>, now: DateTime<Utc>) -> StoreResult<SettleReport> {
+        let mut state = self.lock();
+        let mut report = SettleReport::default();
+        for s in settlements {
+            let idx = state.index(s.id)?;
+            let event = match s.disposition {
+                Disposition::Published => DeliveryEvent::Publish { token: s.token },
+                Disposition::Retry { error, at } => {
+                    DeliveryEvent::Fail { token: s.token, error, retry_at: Some(at) }
+                }
+                Disposition::Dead { error } => DeliveryEvent::Fail { token: s.token, error, retry_at: None },
+            };
+            let owned = state.log[idx].1.lease.as_ref().is_some_and(|l| l.token == s.token);
+            if owned {
+                state.apply(idx, event, now)?;
+                report.settled += 1;
+            } else {
+                report.lease_lost.push(s.id);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn release_expired(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let expired: Vec<usize> = state
+            .unfinished
+            .iter()
+            .copied()
+            .filter(|&i| state.log[i].1.lease_expired(now))
+            .take(limit)
+            .collect();
+        for &idx in &expired {
+            state.apply(idx, DeliveryEvent::ExpireLease, now)?;
+        }
+        Ok(expired.len() as u64)
+    }
+
+    async fn mark_consumed(&self, ids: &[MessageId], now: DateTime<Utc>) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let mut changed = 0;
+        for &id in ids {
+            let Some(&idx) = state.by_id.get(&id) else { continue };
+            let status = state.log[idx].1.status;
+            if matches!(status, MessageStatus::Consumed | MessageStatus::Dead) {
+                continue;
+            }
+            state.apply(idx, DeliveryEvent::Consume, now)?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    async fn replay_dead(&self, ids: &[MessageId], now: DateTime<Utc>) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let mut changed = 0;
+        for &id in ids {
+            let Some(&idx) = state.by_id.get(&id) else { continue };
+            if state.log[idx].1.status == MessageStatus::Dead {
+                state.apply(idx, DeliveryEvent::Replay, now)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn kill(&self, id: MessageId, reason: ErrorText, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut state = self.lock();
+        let idx = state.index(id)?;
+        state.apply(idx, DeliveryEvent::Kill { reason }, now)
+    }
+
+    async fn get(&self, id: MessageId) -> StoreResult<Option<StoredMessage>> {
+        let state = self.lock();
+        Ok(state.by_id.get(&id).map(|&idx| state.stored(idx)))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<StoredMessage>> {
+        let state = self.lock();
+        let start = filter.after_seq.map_or(0, |s| usize::try_from(s).unwrap_or(usize::MAX));
+        Ok((start..state.log.len())
+            .filter(|&i| filter.status.is_none_or(|s| state.log[i].1.status == s))
+            .take(filter.limit)
+            .map(|i| state.stored(i))
+            .collect())
+    }
+
+    async fn stats(&self) -> StoreResult<OutboxStats> {
+        let state = self.lock();
+        let mut counts: HashMap<MessageStatus, u64> = HashMap::new();
+        let mut retrying = 0;
+        for (_, d) in &state.log {
+            *counts.entry(d.status).or_default() += 1;
+            if d.status == MessageStatus::Pending && d.attempts > 0 {
+                retrying += 1;
+            }
+        }
+        let count = |s| counts.get(&s).copied().unwrap_or(0);
+        let oldest = state.unfinished.first().map(|&i| state.log[i].0.created_at);
+        Ok(OutboxStats::new(
+            count(MessageStatus::Pending) - retrying,
+            retrying,
+            count(MessageStatus::InFlight),
+            count(MessageStatus::Published),
+            count(MessageStatus::Consumed),
+            count(MessageStatus::Dead),
+            oldest,
+        ))
+    }
+}
+

@@ -1,0 +1,22 @@
+//! The in-memory adapters pass the same conformance suites as every other adapter.
+
+mod conformance {
+    use outbox_test_support::{InMemoryPublisher, InMemoryStore};
+
+    mod store {
+        use super::*;
+        outbox_test_support::store_conformance_tests!(|_case: &'static str| async {
+            InMemoryStore::with_max_attempts(outbox_test_support::conformance::store::MAX_ATTEMPTS)
+        });
+    }
+
+    mod publisher {
+        use super::*;
+        outbox_test_support::publisher_conformance_tests!(|case: &'static str| async move {
+            let broker = InMemoryPublisher::new();
+            (broker.clone(), broker, format!("conformance.{case}"))
+        });
+    }
+}
+
+mod faults;
