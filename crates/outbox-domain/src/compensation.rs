@@ -129,12 +129,13 @@ pub struct CompensationItem {
 pub enum CompensationEvent {
     /// The executor succeeded.
     AttemptSucceeded,
-    /// The executor failed; `retry_at` is when to try again if retries remain.
+    /// The executor failed; `retry_at` is when to try again if retries remain, `None`
+    /// for a failure no retry can fix (the item goes straight to `manual_required`).
     AttemptFailed {
         /// What went wrong.
         error: ErrorText,
         /// When to try again.
-        retry_at: DateTime<Utc>,
+        retry_at: Option<DateTime<Utc>>,
     },
     /// An operator marks it resolved.
     Resolve {
@@ -202,11 +203,12 @@ impl CompensationItem {
             (S::Pending | S::Retrying, CompensationEvent::AttemptFailed { error, retry_at }) => {
                 next.retry_count += 1;
                 next.failure_reason = error;
-                if next.retry_count >= self.max_retries {
-                    next.status = S::ManualRequired;
-                } else {
-                    next.status = S::Retrying;
-                    next.next_retry_at = retry_at;
+                match retry_at {
+                    Some(at) if next.retry_count < self.max_retries => {
+                        next.status = S::Retrying;
+                        next.next_retry_at = at;
+                    }
+                    _ => next.status = S::ManualRequired,
                 }
             }
             (S::Pending | S::Retrying | S::ManualRequired, CompensationEvent::Resolve { by, note })
@@ -275,7 +277,7 @@ mod tests {
     }
 
     fn fail(at: i64) -> CompensationEvent {
-        CompensationEvent::AttemptFailed { error: ErrorText::new("still down"), retry_at: t(at) }
+        CompensationEvent::AttemptFailed { error: ErrorText::new("still down"), retry_at: Some(t(at)) }
     }
 
     #[test]
@@ -292,6 +294,13 @@ mod tests {
         assert_eq!(done.resolved_by.as_deref(), Some("alice"));
         let done = i.apply(CompensationEvent::Resolve { by: by("bob"), note: by("ok") }, t(63)).unwrap();
         assert_eq!(done.status, CompensationStatus::Resolved);
+    }
+
+    #[test]
+    fn permanent_failure_needs_an_operator_at_once() {
+        let ev = CompensationEvent::AttemptFailed { error: ErrorText::new("invalid account"), retry_at: None };
+        let i = item(5).apply(ev, t(1)).unwrap();
+        assert_eq!((i.status, i.retry_count), (CompensationStatus::ManualRequired, 1));
     }
 
     #[test]

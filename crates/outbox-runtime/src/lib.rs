@@ -1,1 +1,26 @@
-//! placeholder
+//! The tokio workers of outbox-rs, wired to the ports.
+//!
+//! This crate sits above the ports and adapters (`domain ← ports ← adapters ← runtime
+//! ← cli`) and knows no adapter: it drives any [`MessageStore`](outbox_ports::MessageStore)
+//! and [`Publisher`](outbox_ports::Publisher), the in-memory ones in tests and the
+//! database and broker ones in production.
+//!
+//! - [`Relay`]: claims batches, publishes them outside any database transaction, and
+//!   settles each message with its own outcome (published, retry with backoff, dead).
+//!   [`Relay::spawn`] runs `concurrency` claim loops plus a lease sweeper that returns
+//!   the work of crashed relays to the pool.
+//! - [`CompensationWorker`]: retries failed batch items through the
+//!   [`OperationExecutor`](outbox_ports::OperationExecutor) port, in bounded batches.
+//!
+//! Shutdown is graceful: cancelling stops new claims, the batch in flight is published
+//! and settled (bounded by the drain timeout), then the publisher is flushed. Anything
+//! cut off by the timeout is not lost: its lease expires and another relay delivers it.
+
+mod compensation;
+mod config;
+mod relay;
+
+pub use compensation::{CompensationConfig, CompensationHandle, CompensationReport, CompensationWorker};
+pub use config::{ConfigError, RelayConfig};
+pub use relay::{BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,117 @@
+use outbox_domain::{BackoffPolicy, DEFAULT_MAX_ERROR_LEN};
+use std::time::Duration;
+
+/// A relay configuration that cannot work. A caller bug: fix the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A count that must be positive is zero.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// The publish timeout must leave time to settle before the lease runs out.
+    #[error("publish_timeout ({publish:?}) must be shorter than the lease ({lease:?})")]
+    PublishOutlivesLease {
+        /// The configured publish timeout.
+        publish: Duration,
+        /// The configured lease.
+        lease: Duration,
+    },
+    /// The relay id must be non-empty.
+    #[error("relay_id must not be empty")]
+    EmptyRelayId,
+}
+
+/// How a [`Relay`](crate::Relay) works. Start from [`RelayConfig::default`] and change
+/// fields; [`Relay::new`](crate::Relay::new) validates the result.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// This relay instance, recorded in every lease it takes (default: `relay-<pid>`).
+    pub relay_id: String,
+    /// Messages claimed per batch (default 100).
+    pub batch_size: usize,
+    /// How long an idle relay waits before polling again; a
+    /// [`RelayWaker`](crate::RelayWaker) cuts the wait short (default 1 s).
+    pub poll_interval: Duration,
+    /// How long a claim holds (default 30 s).
+    pub lease: Duration,
+    /// Upper bound on one publish call; must be shorter than the lease (default 10 s).
+    pub publish_timeout: Duration,
+    /// Concurrent claim loops in this process (default 1).
+    pub concurrency: usize,
+    /// Delays between attempts (default: the `seconds` preset).
+    pub backoff: BackoffPolicy,
+    /// Bound on stored error text, in characters (default 2000).
+    pub max_error_len: usize,
+    /// How often the lease sweeper looks for expired leases (default 5 s).
+    pub sweep_interval: Duration,
+    /// How long shutdown waits for the batch in flight (default 15 s).
+    pub drain_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            relay_id: format!("relay-{}", std::process::id()),
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+            concurrency: 1,
+            backoff: BackoffPolicy::default(),
+            max_error_len: DEFAULT_MAX_ERROR_LEN,
+            sweep_interval: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Checks that the configuration can work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.relay_id.trim().is_empty() {
+            return Err(ConfigError::EmptyRelayId);
+        }
+        for (name, n) in [("batch_size", self.batch_size), ("concurrency", self.concurrency)] {
+            if n == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        for (name, d) in [
+            ("poll_interval", self.poll_interval),
+            ("lease", self.lease),
+            ("publish_timeout", self.publish_timeout),
+            ("sweep_interval", self.sweep_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.publish_timeout >= self.lease {
+            return Err(ConfigError::PublishOutlivesLease { publish: self.publish_timeout, lease: self.lease });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_values_are_named() {
+        assert_eq!(RelayConfig::default().validate(), Ok(()));
+        let mut c = RelayConfig::default();
+        c.batch_size = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Zero("batch_size")));
+        let mut c = RelayConfig::default();
+        c.publish_timeout = c.lease;
+        assert!(matches!(c.validate(), Err(ConfigError::PublishOutlivesLease { .. })));
+        let mut c = RelayConfig::default();
+        c.relay_id = " ".into();
+        assert_eq!(c.validate(), Err(ConfigError::EmptyRelayId));
+    }
+}

@@ -1,0 +1,393 @@
+use crate::{ConfigError, RelayConfig};
+use chrono::{DateTime, Utc};
+use outbox_domain::ErrorText;
+use outbox_ports::{
+    ClaimRequest, ClaimedMessage, Clock, Disposition, MessageStore, PublishError, Publisher, Settlement,
+    StoreError, SystemClock,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Why one relay step failed. The relay loop logs it and tries again after a pause.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The store failed; see [`StoreError::is_retryable`].
+    #[error("outbox store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What one [`Relay::run_once`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchReport {
+    /// Messages claimed.
+    pub claimed: usize,
+    /// Messages the broker acknowledged.
+    pub published: usize,
+    /// Messages scheduled for another attempt.
+    pub retried: usize,
+    /// Messages that became dead.
+    pub dead: usize,
+    /// Settlements refused because the lease had been lost meanwhile.
+    pub lease_lost: usize,
+}
+
+/// Running totals of a relay, shared by its workers. Cheap to read at any time.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    /// Batches that claimed at least one message.
+    pub batches: AtomicU64,
+    /// Messages claimed.
+    pub claimed: AtomicU64,
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Messages scheduled for retry.
+    pub retried: AtomicU64,
+    /// Messages made dead.
+    pub dead: AtomicU64,
+    /// Settlements refused for a lost lease.
+    pub lease_lost: AtomicU64,
+    /// Expired leases returned to the pool by the sweeper.
+    pub leases_released: AtomicU64,
+    /// Failed relay steps (store outages and the like).
+    pub errors: AtomicU64,
+}
+
+impl RelayCounters {
+    fn add(&self, r: &BatchReport) {
+        let add = |c: &AtomicU64, n: usize| c.fetch_add(n as u64, Ordering::Relaxed);
+        if r.claimed > 0 {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        add(&self.claimed, r.claimed);
+        add(&self.published, r.published);
+        add(&self.retried, r.retried);
+        add(&self.dead, r.dead);
+        add(&self.lease_lost, r.lease_lost);
+    }
+}
+
+/// Wakes an idle relay at once, for example right after an enqueue commits, instead of
+/// letting it wait for the next poll. Cheap to clone; waking a busy relay is harmless.
+#[derive(Debug, Clone, Default)]
+pub struct RelayWaker(Arc<Notify>);
+
+impl RelayWaker {
+    /// Wakes one idle worker (or the next one to go idle).
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Delivers committed outbox messages to a broker: claim a batch, publish it outside
+/// any transaction, settle every message with its own outcome.
+///
+/// Per-key order holds because the store's claim hands out at most one message per
+/// key at a time (see [`MessageStore`]); the relay only has to settle a message before
+/// the next of its key can be claimed, which it does.
+pub struct Relay {
+    store: Arc<dyn MessageStore>,
+    publisher: Arc<dyn Publisher>,
+    clock: Arc<dyn Clock>,
+    config: RelayConfig,
+    waker: RelayWaker,
+    counters: Arc<RelayCounters>,
+    rng: Mutex<StdRng>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay over `store` and `publisher`, on the system clock.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        publisher: Arc<dyn Publisher>,
+        config: RelayConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            store,
+            publisher,
+            clock: Arc::new(SystemClock),
+            config,
+            waker: RelayWaker::default(),
+            counters: Arc::default(),
+            rng: Mutex::new(StdRng::from_os_rng()),
+        })
+    }
+
+    /// Uses `clock` for every timestamp (claims, backoff, leases).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Uses a seeded random source for backoff jitter (reproducible tests).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
+    }
+
+    /// A handle that wakes this relay's idle workers.
+    pub fn waker(&self) -> RelayWaker {
+        self.waker.clone()
+    }
+
+    /// The relay's running totals.
+    pub fn counters(&self) -> Arc<RelayCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Claims one batch, publishes it and settles every message. Returns what happened;
+    /// an empty report means there was nothing due.
+    pub async fn run_once(&self) -> Result<BatchReport, RelayError> {
+        self.run_batch(&self.config.relay_id).await
+    }
+
+    async fn run_batch(&self, owner: &str) -> Result<BatchReport, RelayError> {
+        let request = ClaimRequest {
+            owner: owner.to_owned(),
+            limit: self.config.batch_size,
+            lease_for: self.config.lease,
+            now: self.clock.now(),
+        };
+        let claimed = self.store.claim(&request).await?;
+        if claimed.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let span = info_span!("relay.batch", relay = owner, claimed = claimed.len());
+        let report = self.publish_and_settle(claimed).instrument(span).await;
+        self.counters.add(&report);
+        Ok(report)
+    }
+
+    async fn publish_and_settle(&self, claimed: Vec<ClaimedMessage>) -> BatchReport {
+        let batch: Vec<_> = claimed.iter().map(|c| c.message.clone()).collect();
+        let outcomes = match tokio::time::timeout(self.config.publish_timeout, self.publisher.publish(&batch)).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                let timeout = PublishError::transient(format!("publish timed out after {:?}", self.config.publish_timeout));
+                vec![Err(timeout); batch.len()]
+            }
+        };
+        let now = self.clock.now();
+        let mut report = BatchReport { claimed: claimed.len(), ..BatchReport::default() };
+        let mut outcomes = outcomes.into_iter();
+        let settlements: Vec<Settlement> = claimed
+            .iter()
+            .map(|c| {
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or_else(|| Err(PublishError::transient("publisher returned no outcome for this message")));
+                let disposition = self.disposition(c, outcome, now);
+                match disposition {
+                    Disposition::Published => report.published += 1,
+                    Disposition::Retry { .. } => report.retried += 1,
+                    Disposition::Dead { .. } => report.dead += 1,
+                }
+                Settlement { id: c.message.id, token: c.lease.token, disposition }
+            })
+            .collect();
+        if report.retried + report.dead > 0 {
+            warn!(retried = report.retried, dead = report.dead, "some messages were not published");
+        }
+        match self.settle(settlements, now).await {
+            Ok(lost) => report.lease_lost = lost,
+            Err(e) => {
+                // The outcomes are lost; the leases will expire and the messages will be
+                // published again (at least once; the consumer's inbox absorbs it).
+                warn!(error = %e, "could not record outcomes; leases will expire and messages be redelivered");
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        debug!(?report, "batch settled");
+        report
+    }
+
+    fn disposition(&self, c: &ClaimedMessage, outcome: Result<(), PublishError>, now: DateTime<Utc>) -> Disposition {
+        let error = match outcome {
+            Ok(()) => return Disposition::Published,
+            Err(e) => e,
+        };
+        let text = |s: String| ErrorText::with_max_len(s, self.config.max_error_len);
+        if !error.is_transient() {
+            return Disposition::Dead { error: text(error.message) };
+        }
+        let attempts_left = c.attempts < c.max_attempts;
+        let retry_at = {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            self.config.backoff.retry_at(c.attempts, now, &mut *rng)
+        };
+        match retry_at {
+            Some(at) if attempts_left => {
+                let floor = error
+                    .retry_after
+                    .and_then(|d| chrono::Duration::from_std(d).ok())
+                    .map_or(at, |d| now + d);
+                Disposition::Retry { error: text(error.message), at: at.max(floor) }
+            }
+            _ => Disposition::Dead {
+                error: text(format!("attempts exhausted ({}): {}", c.attempts, error.message)),
+            },
+        }
+    }
+
+    /// Records outcomes, retrying store outages until the leases would expire.
+    async fn settle(&self, settlements: Vec<Settlement>, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.config.lease.saturating_sub(self.config.publish_timeout);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.store.settle(settlements.clone(), now).await {
+                Ok(report) => {
+                    if !report.lease_lost.is_empty() {
+                        warn!(lost = report.lease_lost.len(), "leases expired before settlement; newer claims own them");
+                    }
+                    return Ok(report.lease_lost.len());
+                }
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() + pause < deadline => {
+                    warn!(error = %e, "settle failed, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Returns expired leases to the pool once. Returns how many were released.
+    pub async fn sweep_once(&self) -> Result<u64, RelayError> {
+        let released = self.store.release_expired(self.clock.now(), self.config.batch_size.max(100)).await?;
+        if released > 0 {
+            info!(released, "returned expired leases to the pool");
+            self.counters.leases_released.fetch_add(released, Ordering::Relaxed);
+        }
+        Ok(released)
+    }
+
+    /// Runs the relay on the current tokio runtime until `shutdown` is cancelled or
+    /// [`RelayHandle::shutdown`] is called: `concurrency` claim loops and a lease sweeper.
+    pub fn spawn(self, shutdown: CancellationToken) -> RelayHandle {
+        let relay = Arc::new(self);
+        let mut tasks = JoinSet::new();
+        for worker in 0..relay.config.concurrency {
+            let owner = if relay.config.concurrency == 1 {
+                relay.config.relay_id.clone()
+            } else {
+                format!("{}/{worker}", relay.config.relay_id)
+            };
+            tasks.spawn(Arc::clone(&relay).claim_loop(owner, shutdown.clone()));
+        }
+        tasks.spawn(Arc::clone(&relay).sweep_loop(shutdown.clone()));
+        info!(relay = %relay.config.relay_id, workers = relay.config.concurrency, "relay started");
+        RelayHandle { relay, tasks, shutdown }
+    }
+
+    async fn claim_loop(self: Arc<Self>, owner: String, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let pause = match self.run_batch(&owner).await {
+                Ok(r) => {
+                    failures = 0;
+                    // A full batch means more is probably waiting: go again at once.
+                    if r.claimed >= self.config.batch_size {
+                        continue;
+                    }
+                    self.config.poll_interval
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(relay = %owner, error = %e, failures, "relay step failed");
+                    (self.config.poll_interval * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(30))
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.waker.0.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    async fn sweep_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.config.sweep_interval) => {}
+            }
+            match self.sweep_once().await {
+                Ok(n) if n > 0 => self.waker.notify(),
+                Ok(_) => {}
+                Err(e) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "lease sweep failed");
+                }
+            }
+        }
+    }
+}
+
+/// A running relay. Drop it and the workers keep running until the token passed to
+/// [`Relay::spawn`] is cancelled; call [`shutdown`](Self::shutdown) to stop gracefully.
+#[derive(Debug)]
+pub struct RelayHandle {
+    relay: Arc<Relay>,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl RelayHandle {
+    /// Wakes an idle worker.
+    pub fn notify(&self) {
+        self.relay.waker.notify();
+    }
+
+    /// A waker to hand to enqueuing code.
+    pub fn waker(&self) -> RelayWaker {
+        self.relay.waker()
+    }
+
+    /// The relay's running totals.
+    pub fn counters(&self) -> Arc<RelayCounters> {
+        self.relay.counters()
+    }
+
+    /// Stops claiming, lets the batches in flight publish and settle (up to the drain
+    /// timeout), then flushes the publisher. Returns whether everything drained in time;
+    /// if not, the cut-off messages are redelivered after their leases expire.
+    pub async fn shutdown(mut self) -> bool {
+        self.shutdown.cancel();
+        let drain = self.relay.config.drain_timeout;
+        let drained = tokio::time::timeout(drain, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            warn!(?drain, "relay did not drain in time; aborting the batches in flight");
+            self.tasks.abort_all();
+        }
+        if let Err(e) = self.relay.publisher.flush(drain).await {
+            warn!(error = %e, "publisher flush failed on shutdown");
+        }
+        info!(relay = %self.relay.config.relay_id, drained, "relay stopped");
+        drained
+    }
+}
