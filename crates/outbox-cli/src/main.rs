@@ -1,1 +1,59 @@
-fn main() {}
+//! The `outbox` command: the demo today; the relay daemon and admin tools join it as
+//! their issues land.
+//!
+//! This crate is the top of the dependency graph (`… ← runtime ← cli`): it wires
+//! adapters to the runtime and owns nothing the library needs. Adapters that need
+//! system packages (rdkafka, pulsar) will be off-by-default cargo features here, so
+//! `cargo run -p outbox-cli -- demo` builds with the Rust toolchain alone.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Transactional outbox relay and tools.
+#[derive(Debug, Parser)]
+#[command(name = "outbox", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an order service, relays and a consumer end to end and verify the result.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -76,15 +76,21 @@ impl BackoffPolicy {
         if max_attempts == 0 {
             return Err(InvalidBackoff::ZeroAttempts);
         }
-        Ok(Self { base, factor, cap, max_attempts, jitter: Jitter::None })
+        Ok(Self {
+            base,
+            factor,
+            cap,
+            max_attempts,
+            jitter: Jitter::None,
+        })
     }
 
     /// The same policy with jitter.
     pub fn with_jitter(mut self, jitter: Jitter) -> Result<Self, InvalidBackoff> {
-        if let Jitter::Proportional(f) = jitter {
-            if !(0.0..=1.0).contains(&f) {
-                return Err(InvalidBackoff::Jitter(f));
-            }
+        if let Jitter::Proportional(f) = jitter
+            && !(0.0..=1.0).contains(&f)
+        {
+            return Err(InvalidBackoff::Jitter(f));
         }
         self.jitter = jitter;
         Ok(self)
@@ -160,9 +166,12 @@ impl BackoffPolicy {
         if attempts >= self.max_attempts {
             return None;
         }
-        let delay = chrono::Duration::from_std(self.delay(attempts, rng))
-            .unwrap_or(chrono::Duration::MAX);
-        Some(now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC))
+        let delay =
+            chrono::Duration::from_std(self.delay(attempts, rng)).unwrap_or(chrono::Duration::MAX);
+        Some(
+            now.checked_add_signed(delay)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
     }
 }
 
@@ -199,8 +208,14 @@ mod tests {
     #[test]
     fn constructor_rejects_bad_input() {
         let s = Duration::from_secs;
-        assert_eq!(BackoffPolicy::new(Duration::ZERO, 2.0, s(1), 3), Err(InvalidBackoff::ZeroBase));
-        assert!(matches!(BackoffPolicy::new(s(1), 0.5, s(2), 3), Err(InvalidBackoff::Factor(_))));
+        assert_eq!(
+            BackoffPolicy::new(Duration::ZERO, 2.0, s(1), 3),
+            Err(InvalidBackoff::ZeroBase)
+        );
+        assert!(matches!(
+            BackoffPolicy::new(s(1), 0.5, s(2), 3),
+            Err(InvalidBackoff::Factor(_))
+        ));
         assert!(matches!(
             BackoffPolicy::new(s(1), f64::NAN, s(2), 3),
             Err(InvalidBackoff::Factor(_))
@@ -209,7 +224,10 @@ mod tests {
             BackoffPolicy::new(s(2), 2.0, s(1), 3),
             Err(InvalidBackoff::CapBelowBase { .. })
         ));
-        assert_eq!(BackoffPolicy::new(s(1), 2.0, s(2), 0), Err(InvalidBackoff::ZeroAttempts));
+        assert_eq!(
+            BackoffPolicy::new(s(1), 2.0, s(2), 0),
+            Err(InvalidBackoff::ZeroAttempts)
+        );
         assert_eq!(
             BackoffPolicy::seconds().with_jitter(Jitter::Proportional(1.5)),
             Err(InvalidBackoff::Jitter(1.5))
@@ -221,8 +239,14 @@ mod tests {
         let p = BackoffPolicy::minutes();
         let now = Utc::now();
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(p.retry_at(1, now, &mut rng), Some(now + chrono::Duration::minutes(1)));
-        assert_eq!(p.retry_at(4, now, &mut rng), Some(now + chrono::Duration::minutes(8)));
+        assert_eq!(
+            p.retry_at(1, now, &mut rng),
+            Some(now + chrono::Duration::minutes(1))
+        );
+        assert_eq!(
+            p.retry_at(4, now, &mut rng),
+            Some(now + chrono::Duration::minutes(8))
+        );
         assert_eq!(p.retry_at(5, now, &mut rng), None);
     }
 

@@ -211,24 +211,29 @@ impl CompensationItem {
                     _ => next.status = S::ManualRequired,
                 }
             }
-            (S::Pending | S::Retrying | S::ManualRequired, CompensationEvent::Resolve { by, note })
-                if !by.trim().is_empty() =>
-            {
+            (
+                S::Pending | S::Retrying | S::ManualRequired,
+                CompensationEvent::Resolve { by, note },
+            ) if !by.trim().is_empty() => {
                 next.status = S::Resolved;
                 next.resolved_by = Some(by);
                 next.resolution_note = Some(note);
                 next.resolved_at = Some(now);
             }
-            (S::Pending | S::Retrying | S::ManualRequired, CompensationEvent::Abandon { by, note })
-                if !by.trim().is_empty() =>
-            {
+            (
+                S::Pending | S::Retrying | S::ManualRequired,
+                CompensationEvent::Abandon { by, note },
+            ) if !by.trim().is_empty() => {
                 next.status = S::Abandoned;
                 next.resolved_by = Some(by);
                 next.resolution_note = Some(note);
                 next.resolved_at = Some(now);
             }
             (from, event) => {
-                return Err(CompensationTransitionError { from, event: event_name(&event) });
+                return Err(CompensationTransitionError {
+                    from,
+                    event: event_name(&event),
+                });
             }
         }
         next.version = self.version + 1;
@@ -277,35 +282,77 @@ mod tests {
     }
 
     fn fail(at: i64) -> CompensationEvent {
-        CompensationEvent::AttemptFailed { error: ErrorText::new("still down"), retry_at: Some(t(at)) }
+        CompensationEvent::AttemptFailed {
+            error: ErrorText::new("still down"),
+            retry_at: Some(t(at)),
+        }
     }
 
     #[test]
     fn retries_then_needs_an_operator() {
         let i = item(2).apply(fail(60), t(1)).unwrap();
-        assert_eq!((i.status, i.retry_count, i.version, i.next_retry_at), (CompensationStatus::Retrying, 1, 2, t(60)));
+        assert_eq!(
+            (i.status, i.retry_count, i.version, i.next_retry_at),
+            (CompensationStatus::Retrying, 1, 2, t(60))
+        );
         let i = i.apply(fail(120), t(61)).unwrap();
-        assert_eq!((i.status, i.version), (CompensationStatus::ManualRequired, 3));
+        assert_eq!(
+            (i.status, i.version),
+            (CompensationStatus::ManualRequired, 3)
+        );
         assert!(i.apply(CompensationEvent::AttemptSucceeded, t(62)).is_err());
         let by = |s: &str| s.to_owned();
-        assert!(i.apply(CompensationEvent::Resolve { by: by(" "), note: by("n") }, t(62)).is_err());
-        let done = i.apply(CompensationEvent::Abandon { by: by("alice"), note: by("refunded by hand") }, t(63)).unwrap();
+        assert!(
+            i.apply(
+                CompensationEvent::Resolve {
+                    by: by(" "),
+                    note: by("n")
+                },
+                t(62)
+            )
+            .is_err()
+        );
+        let done = i
+            .apply(
+                CompensationEvent::Abandon {
+                    by: by("alice"),
+                    note: by("refunded by hand"),
+                },
+                t(63),
+            )
+            .unwrap();
         assert_eq!(done.status, CompensationStatus::Abandoned);
         assert_eq!(done.resolved_by.as_deref(), Some("alice"));
-        let done = i.apply(CompensationEvent::Resolve { by: by("bob"), note: by("ok") }, t(63)).unwrap();
+        let done = i
+            .apply(
+                CompensationEvent::Resolve {
+                    by: by("bob"),
+                    note: by("ok"),
+                },
+                t(63),
+            )
+            .unwrap();
         assert_eq!(done.status, CompensationStatus::Resolved);
     }
 
     #[test]
     fn permanent_failure_needs_an_operator_at_once() {
-        let ev = CompensationEvent::AttemptFailed { error: ErrorText::new("invalid account"), retry_at: None };
+        let ev = CompensationEvent::AttemptFailed {
+            error: ErrorText::new("invalid account"),
+            retry_at: None,
+        };
         let i = item(5).apply(ev, t(1)).unwrap();
-        assert_eq!((i.status, i.retry_count), (CompensationStatus::ManualRequired, 1));
+        assert_eq!(
+            (i.status, i.retry_count),
+            (CompensationStatus::ManualRequired, 1)
+        );
     }
 
     #[test]
     fn success_resolves() {
-        let i = item(3).apply(CompensationEvent::AttemptSucceeded, t(1)).unwrap();
+        let i = item(3)
+            .apply(CompensationEvent::AttemptSucceeded, t(1))
+            .unwrap();
         assert_eq!((i.status, i.version), (CompensationStatus::Resolved, 2));
     }
 
@@ -313,9 +360,18 @@ mod tests {
         match kind {
             0 => CompensationEvent::AttemptSucceeded,
             1 => fail(10),
-            2 => CompensationEvent::Resolve { by: "op".into(), note: "n".into() },
-            3 => CompensationEvent::Abandon { by: "op".into(), note: "n".into() },
-            _ => CompensationEvent::Resolve { by: String::new(), note: "n".into() },
+            2 => CompensationEvent::Resolve {
+                by: "op".into(),
+                note: "n".into(),
+            },
+            3 => CompensationEvent::Abandon {
+                by: "op".into(),
+                note: "n".into(),
+            },
+            _ => CompensationEvent::Resolve {
+                by: String::new(),
+                note: "n".into(),
+            },
         }
     }
 

@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn short_text_is_kept() {
-        assert_eq!(ErrorText::with_max_len("broker down", 20).as_str(), "broker down");
+        assert_eq!(
+            ErrorText::with_max_len("broker down", 20).as_str(),
+            "broker down"
+        );
     }
 
     #[test]

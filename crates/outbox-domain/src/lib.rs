@@ -38,7 +38,7 @@ pub use error_text::{DEFAULT_MAX_ERROR_LEN, ErrorText};
 pub use message::{MessageId, OutboxMessage, Payload, TraceContext};
 pub use ordering::{OrderingKey, select_heads};
 pub use routing::{
-    EventRouteConfig, Identifier, InvalidIdentifier, Route, RouteError, RouteRegistry, RoutesConfig,
-    ServiceRoute, TopicName,
+    EventRouteConfig, Identifier, InvalidIdentifier, Route, RouteError, RouteRegistry,
+    RoutesConfig, ServiceRoute, TopicName,
 };
 pub use strategy::PersistenceStrategy;

@@ -20,11 +20,8 @@ impl MessageId {
     /// domain never reads the clock itself; the random bits come from the `uuid` crate.
     pub fn new_v7(created_at: DateTime<Utc>) -> Self {
         let secs = u64::try_from(created_at.timestamp()).unwrap_or(0);
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            secs,
-            created_at.timestamp_subsec_nanos(),
-        );
+        let ts =
+            uuid::Timestamp::from_unix(uuid::NoContext, secs, created_at.timestamp_subsec_nanos());
         Self(Uuid::new_v7(ts))
     }
 
@@ -89,12 +86,15 @@ impl Payload {
     /// Rebuilds a payload from broker bytes and content type: JSON content that parses
     /// becomes [`Payload::Json`], anything else stays bytes.
     pub fn from_bytes(content_type: &str, data: Vec<u8>) -> Self {
-        if content_type == "application/json" {
-            if let Ok(v) = serde_json::from_slice(&data) {
-                return Payload::Json(v);
-            }
+        if content_type == "application/json"
+            && let Ok(v) = serde_json::from_slice(&data)
+        {
+            return Payload::Json(v);
         }
-        Payload::Bytes { content_type: content_type.to_owned(), data }
+        Payload::Bytes {
+            content_type: content_type.to_owned(),
+            data,
+        }
     }
 }
 
@@ -221,8 +221,17 @@ mod tests {
     #[test]
     fn payload_round_trips_through_bytes() {
         let json = Payload::Json(serde_json::json!({"order": 1}));
-        assert_eq!(Payload::from_bytes(json.content_type(), json.to_bytes().into_owned()), json);
-        let raw = Payload::Bytes { content_type: "application/x-protobuf".into(), data: vec![1, 2] };
-        assert_eq!(Payload::from_bytes(raw.content_type(), raw.to_bytes().into_owned()), raw);
+        assert_eq!(
+            Payload::from_bytes(json.content_type(), json.to_bytes().into_owned()),
+            json
+        );
+        let raw = Payload::Bytes {
+            content_type: "application/x-protobuf".into(),
+            data: vec![1, 2],
+        };
+        assert_eq!(
+            Payload::from_bytes(raw.content_type(), raw.to_bytes().into_owned()),
+            raw
+        );
     }
 }

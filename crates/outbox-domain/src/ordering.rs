@@ -29,7 +29,10 @@ pub struct OrderingKey {
 impl OrderingKey {
     /// Builds a key.
     pub fn new(service: impl Into<String>, partition_key: impl Into<String>) -> Self {
-        Self { service: service.into(), partition_key: partition_key.into() }
+        Self {
+            service: service.into(),
+            partition_key: partition_key.into(),
+        }
     }
 }
 
@@ -79,29 +82,48 @@ mod tests {
     /// 2 in flight, 3 published, 4 dead.
     fn delivery(state: u8) -> Delivery {
         let pending = Delivery::new(5, t(0));
-        let lease = Lease { owner: "r".into(), token: LeaseToken::from_uuid(uuid::Uuid::nil()), expires_at: t(100) };
+        let lease = Lease {
+            owner: "r".into(),
+            token: LeaseToken::from_uuid(uuid::Uuid::nil()),
+            expires_at: t(100),
+        };
         let in_flight = pending.apply(DeliveryEvent::Claim { lease }, t(0)).unwrap();
         let token = LeaseToken::from_uuid(uuid::Uuid::nil());
-        let fail = |retry_at| DeliveryEvent::Fail { token, error: ErrorText::new("e"), retry_at };
+        let fail = |retry_at| DeliveryEvent::Fail {
+            token,
+            error: ErrorText::new("e"),
+            retry_at,
+        };
         match state {
             0 => pending,
             1 => in_flight.apply(fail(Some(t(50))), t(1)).unwrap(),
             2 => in_flight,
-            3 => in_flight.apply(DeliveryEvent::Publish { token }, t(1)).unwrap(),
+            3 => in_flight
+                .apply(DeliveryEvent::Publish { token }, t(1))
+                .unwrap(),
             _ => in_flight.apply(fail(None), t(1)).unwrap(),
         }
     }
 
     #[test]
     fn failing_head_parks_only_its_key() {
-        let log = [(1, "a", delivery(1)), (2, "a", delivery(0)), (3, "b", delivery(0)), (4, "b", delivery(0))];
+        let log = [
+            (1, "a", delivery(1)),
+            (2, "a", delivery(0)),
+            (3, "b", delivery(0)),
+            (4, "b", delivery(0)),
+        ];
         let heads = select_heads(log.iter().map(|(id, k, d)| (*id, *k, d)), t(10), 10);
         assert_eq!(heads, [3]);
     }
 
     #[test]
     fn dead_and_published_messages_do_not_block() {
-        let log = [(1, "a", delivery(4)), (2, "a", delivery(3)), (3, "a", delivery(0))];
+        let log = [
+            (1, "a", delivery(4)),
+            (2, "a", delivery(3)),
+            (3, "a", delivery(0)),
+        ];
         let heads = select_heads(log.iter().map(|(id, k, d)| (*id, *k, d)), t(10), 10);
         assert_eq!(heads, [3]);
     }

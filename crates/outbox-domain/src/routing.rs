@@ -29,18 +29,25 @@ pub struct InvalidIdentifier {
 pub struct Identifier(String);
 
 impl Identifier {
-    const RULE: &'static str = "use 1 to 63 characters from a-z, 0-9 and _, not starting with a digit";
+    const RULE: &'static str =
+        "use 1 to 63 characters from a-z, 0-9 and _, not starting with a digit";
 
     /// Validates `value` as an identifier for `kind` (used in the error message).
     pub fn parse(kind: &'static str, value: &str) -> Result<Self, InvalidIdentifier> {
         let ok = !value.is_empty()
             && value.len() <= 63
-            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             && !value.as_bytes()[0].is_ascii_digit();
         if ok {
             Ok(Self(value.to_owned()))
         } else {
-            Err(InvalidIdentifier { kind, value: value.to_owned(), rule: Self::RULE })
+            Err(InvalidIdentifier {
+                kind,
+                value: value.to_owned(),
+                rule: Self::RULE,
+            })
         }
     }
 
@@ -70,17 +77,24 @@ impl<'de> Deserialize<'de> for Identifier {
 pub struct TopicName(String);
 
 impl TopicName {
-    const RULE: &'static str = "use 1 to 249 characters from A-Z, a-z, 0-9, '.', '_', '-', '/' and ':'";
+    const RULE: &'static str =
+        "use 1 to 249 characters from A-Z, a-z, 0-9, '.', '_', '-', '/' and ':'";
 
     /// Validates `value` as a broker name for `kind` (used in the error message).
     pub fn parse(kind: &'static str, value: &str) -> Result<Self, InvalidIdentifier> {
         let ok = !value.is_empty()
             && value.len() <= 249
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b));
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b));
         if ok {
             Ok(Self(value.to_owned()))
         } else {
-            Err(InvalidIdentifier { kind, value: value.to_owned(), rule: Self::RULE })
+            Err(InvalidIdentifier {
+                kind,
+                value: value.to_owned(),
+                rule: Self::RULE,
+            })
         }
     }
 
@@ -230,7 +244,8 @@ impl RouteRegistry {
         if self.events.contains_key(event_type) {
             return Err(RouteError::DuplicateEventType(event_type.to_owned()));
         }
-        self.events.insert(event_type.to_owned(), (service_id, strategy));
+        self.events
+            .insert(event_type.to_owned(), (service_id, strategy));
         Ok(self)
     }
 
@@ -242,7 +257,11 @@ impl RouteRegistry {
             .ok_or_else(|| RouteError::UnknownEventType(event_type.to_owned()))?;
         // `with_event` only accepts declared services, so the lookup cannot miss.
         let service = &self.services[service];
-        Ok(Route { event_type, service, strategy: strategy.unwrap_or(service.strategy) })
+        Ok(Route {
+            event_type,
+            service,
+            strategy: strategy.unwrap_or(service.strategy),
+        })
     }
 
     /// All declared services, by name.
@@ -286,7 +305,15 @@ mod tests {
 
     #[test]
     fn identifiers_reject_sql_injection() {
-        for bad in ["", "Orders", "orders; drop table x", "1abc", "a-b", "o\"x", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Orders",
+            "orders; drop table x",
+            "1abc",
+            "a-b",
+            "o\"x",
+            &"a".repeat(64),
+        ] {
             assert!(Identifier::parse("table", bad).is_err(), "{bad:?} accepted");
         }
         assert!(Identifier::parse("table", "outbox_orders_2").is_ok());
@@ -306,8 +333,14 @@ mod tests {
         let r = reg.route("order.created").unwrap();
         assert_eq!(r.service.table.as_str(), "orders_outbox");
         assert_eq!(r.strategy, PersistenceStrategy::DbAndPublish);
-        assert_eq!(reg.route("order.audited").unwrap().strategy, PersistenceStrategy::DbOnly);
-        assert_eq!(reg.route("nope"), Err(RouteError::UnknownEventType("nope".into())));
+        assert_eq!(
+            reg.route("order.audited").unwrap().strategy,
+            PersistenceStrategy::DbOnly
+        );
+        assert_eq!(
+            reg.route("nope"),
+            Err(RouteError::UnknownEventType("nope".into()))
+        );
         assert_eq!(
             reg.clone().with_event("order.created", "orders", None),
             Err(RouteError::DuplicateEventType("order.created".into()))
@@ -316,7 +349,10 @@ mod tests {
             reg.clone().with_event("x.y", "billing", None),
             Err(RouteError::UnknownService { .. })
         ));
-        assert_eq!(reg.with_service(orders()), Err(RouteError::DuplicateService("orders".into())));
+        assert_eq!(
+            reg.with_service(orders()),
+            Err(RouteError::DuplicateService("orders".into()))
+        );
     }
 
     #[test]
@@ -331,10 +367,24 @@ mod tests {
     fn message_takes_service_and_topic_from_route() {
         let reg = RouteRegistry::from_config(RoutesConfig {
             services: vec![orders()],
-            events: vec![EventRouteConfig { event_type: "order.created".into(), service: "orders".into(), strategy: None }],
+            events: vec![EventRouteConfig {
+                event_type: "order.created".into(),
+                service: "orders".into(),
+                strategy: None,
+            }],
         })
         .unwrap();
-        let m = reg.message("order.created", "order-1", Payload::Json(serde_json::json!({})), Utc::now()).unwrap();
-        assert_eq!((m.service.as_str(), m.topic.as_str()), ("orders", "orders.events"));
+        let m = reg
+            .message(
+                "order.created",
+                "order-1",
+                Payload::Json(serde_json::json!({})),
+                Utc::now(),
+            )
+            .unwrap();
+        assert_eq!(
+            (m.service.as_str(), m.topic.as_str()),
+            ("orders", "orders.events")
+        );
     }
 }

@@ -69,8 +69,13 @@ mod tests {
 
     #[test]
     fn default_is_the_transactional_outbox() {
-        assert_eq!(PersistenceStrategy::default(), PersistenceStrategy::DbAndPublish);
-        assert!(PersistenceStrategy::DbOnly.is_stored() && !PersistenceStrategy::DbOnly.is_relayed());
+        assert_eq!(
+            PersistenceStrategy::default(),
+            PersistenceStrategy::DbAndPublish
+        );
+        assert!(
+            PersistenceStrategy::DbOnly.is_stored() && !PersistenceStrategy::DbOnly.is_relayed()
+        );
         assert!(!PersistenceStrategy::PublishOnly.is_stored());
         assert_eq!("publish_only".parse(), Ok(PersistenceStrategy::PublishOnly));
         assert!("both".parse::<PersistenceStrategy>().is_err());

@@ -67,5 +67,9 @@ pub enum ExecuteError {
 pub trait OperationExecutor: Send + Sync {
     /// Executes `operation_type` with `payload`. Must be idempotent: a crash after it
     /// succeeded but before the item was marked resolved runs it again.
-    async fn execute(&self, operation_type: &str, payload: &serde_json::Value) -> Result<(), ExecuteError>;
+    async fn execute(
+        &self,
+        operation_type: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), ExecuteError>;
 }

@@ -23,8 +23,18 @@ pub struct Cursor {
 
 impl Cursor {
     /// Bundles the parts (for adapters).
-    pub fn new(name: String, position: CursorPosition, version: u64, updated_at: DateTime<Utc>) -> Self {
-        Self { name, position, version, updated_at }
+    pub fn new(
+        name: String,
+        position: CursorPosition,
+        version: u64,
+        updated_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            name,
+            position,
+            version,
+            updated_at,
+        }
     }
 }
 

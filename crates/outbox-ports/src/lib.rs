@@ -32,12 +32,16 @@ pub use compensation::{CompensationFilter, CompensationStore, ExecuteError, Oper
 pub use cursor::{Cursor, CursorPosition, CursorStore};
 pub use error::{StoreError, StoreResult};
 pub use inbox::{Inbox, InboxOutcome};
-pub use publisher::{PublishError, PublishErrorKind, PublishOutcome, Publisher, header, wire_headers};
+pub use publisher::{
+    PublishError, PublishErrorKind, PublishOutcome, Publisher, header, wire_headers,
+};
 pub use store::{
     ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
     Settlement, StoredMessage,
 };
 
+#[cfg(feature = "mock")]
+pub use clock::MockClock;
 #[cfg(feature = "mock")]
 pub use compensation::{MockCompensationStore, MockOperationExecutor};
 #[cfg(feature = "mock")]
@@ -48,5 +52,3 @@ pub use inbox::MockInbox;
 pub use publisher::MockPublisher;
 #[cfg(feature = "mock")]
 pub use store::MockMessageStore;
-#[cfg(feature = "mock")]
-pub use clock::MockClock;

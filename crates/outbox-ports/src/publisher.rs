@@ -29,12 +29,20 @@ pub struct PublishError {
 impl PublishError {
     /// A failure worth retrying.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: PublishErrorKind::Transient, retry_after: None, message: message.into() }
+        Self {
+            kind: PublishErrorKind::Transient,
+            retry_after: None,
+            message: message.into(),
+        }
     }
 
     /// A failure that retrying cannot fix.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: PublishErrorKind::Permanent, retry_after: None, message: message.into() }
+        Self {
+            kind: PublishErrorKind::Permanent,
+            retry_after: None,
+            message: message.into(),
+        }
     }
 
     /// Asks the relay to wait at least `after` before the next attempt.
@@ -102,9 +110,18 @@ pub fn wire_headers(message: &OutboxMessage) -> Vec<(String, String)> {
         (header::MESSAGE_ID.to_owned(), message.id.to_string()),
         (header::EVENT_TYPE.to_owned(), message.event_type.clone()),
         (header::SERVICE.to_owned(), message.service.clone()),
-        (header::CONTENT_TYPE.to_owned(), message.payload.content_type().to_owned()),
-        (header::SCHEMA_VERSION.to_owned(), message.schema_version.to_string()),
-        (header::OCCURRED_AT.to_owned(), message.occurred_at.to_rfc3339()),
+        (
+            header::CONTENT_TYPE.to_owned(),
+            message.payload.content_type().to_owned(),
+        ),
+        (
+            header::SCHEMA_VERSION.to_owned(),
+            message.schema_version.to_string(),
+        ),
+        (
+            header::OCCURRED_AT.to_owned(),
+            message.occurred_at.to_rfc3339(),
+        ),
     ];
     if let Some(ctx) = &message.trace_context {
         out.push((header::TRACEPARENT.to_owned(), ctx.traceparent.clone()));

@@ -1,7 +1,9 @@
 use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use outbox_domain::{Delivery, ErrorText, Lease, LeaseToken, MessageId, MessageStatus, OutboxMessage};
+use outbox_domain::{
+    Delivery, ErrorText, Lease, LeaseToken, MessageId, MessageStatus, OutboxMessage,
+};
 use std::time::Duration;
 
 /// A message with its delivery state, as a store keeps it.
@@ -19,7 +21,11 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// Bundles the parts (for adapters).
     pub fn new(seq: u64, message: OutboxMessage, delivery: Delivery) -> Self {
-        Self { seq, message, delivery }
+        Self {
+            seq,
+            message,
+            delivery,
+        }
     }
 }
 
@@ -41,13 +47,20 @@ impl ClaimRequest {
     /// this first, so all of them answer bad input the same way.
     pub fn validate(&self) -> StoreResult<()> {
         if self.limit == 0 {
-            return Err(StoreError::InvalidInput("claim limit must be at least 1".into()));
+            return Err(StoreError::InvalidInput(
+                "claim limit must be at least 1".into(),
+            ));
         }
         if self.lease_for.is_zero() {
-            return Err(StoreError::InvalidInput("lease duration must be greater than zero".into()));
+            return Err(StoreError::InvalidInput(
+                "lease duration must be greater than zero".into(),
+            ));
         }
         if chrono::Duration::from_std(self.lease_for).is_err() {
-            return Err(StoreError::InvalidInput(format!("lease duration {:?} is too long", self.lease_for)));
+            return Err(StoreError::InvalidInput(format!(
+                "lease duration {:?} is too long",
+                self.lease_for
+            )));
         }
         Ok(())
     }
@@ -55,7 +68,9 @@ impl ClaimRequest {
     /// When a lease taken by this request expires.
     pub fn lease_expires_at(&self) -> DateTime<Utc> {
         let lease = chrono::Duration::from_std(self.lease_for).unwrap_or(chrono::Duration::MAX);
-        self.now.checked_add_signed(lease).unwrap_or(DateTime::<Utc>::MAX_UTC)
+        self.now
+            .checked_add_signed(lease)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
@@ -128,7 +143,11 @@ pub struct ListFilter {
 impl ListFilter {
     /// The first `limit` messages in `status`.
     pub fn status(status: MessageStatus, limit: usize) -> Self {
-        Self { status: Some(status), after_seq: None, limit }
+        Self {
+            status: Some(status),
+            after_seq: None,
+            limit,
+        }
     }
 }
 
@@ -164,7 +183,15 @@ impl OutboxStats {
         dead: u64,
         oldest_unsent_at: Option<DateTime<Utc>>,
     ) -> Self {
-        Self { pending, retrying, in_flight, published, consumed, dead, oldest_unsent_at }
+        Self {
+            pending,
+            retrying,
+            in_flight,
+            published,
+            consumed,
+            dead,
+            oldest_unsent_at,
+        }
     }
 
     /// Messages the relay still owes a delivery.
@@ -196,7 +223,11 @@ pub trait MessageStore: Send + Sync {
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>>;
 
     /// Records the outcomes of claims, in one round trip.
-    async fn settle(&self, settlements: Vec<Settlement>, now: DateTime<Utc>) -> StoreResult<SettleReport>;
+    async fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<SettleReport>;
 
     /// Returns up to `limit` messages whose lease expired before `now` to the pool
     /// (or makes them dead on their last attempt). Returns how many it released.

@@ -1,12 +1,14 @@
 use crate::CancellationToken;
 use outbox_domain::{BackoffPolicy, CompensationEvent, CompensationItem, ErrorText};
-use outbox_ports::{Clock, CompensationStore, ExecuteError, OperationExecutor, StoreError, SystemClock};
+use outbox_ports::{
+    Clock, CompensationStore, ExecuteError, OperationExecutor, StoreError, SystemClock,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tracing::{info_span, warn, Instrument};
+use tracing::{Instrument, info_span, warn};
 use uuid::Uuid;
 
 /// How a [`CompensationWorker`] works.
@@ -62,7 +64,9 @@ pub struct CompensationWorker {
 
 impl std::fmt::Debug for CompensationWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompensationWorker").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("CompensationWorker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +77,13 @@ impl CompensationWorker {
         executor: Arc<dyn OperationExecutor>,
         config: CompensationConfig,
     ) -> Self {
-        Self { store, executor, clock: Arc::new(SystemClock), config, rng: Mutex::new(StdRng::from_os_rng()) }
+        Self {
+            store,
+            executor,
+            clock: Arc::new(SystemClock),
+            config,
+            rng: Mutex::new(StdRng::from_os_rng()),
+        }
     }
 
     /// Uses `clock` for every timestamp.
@@ -86,7 +96,11 @@ impl CompensationWorker {
     pub async fn run_once(&self) -> Result<CompensationReport, StoreError> {
         let items = self
             .store
-            .claim_due(self.clock.now(), self.config.batch_size.max(1), self.config.reserve_for)
+            .claim_due(
+                self.clock.now(),
+                self.config.batch_size.max(1),
+                self.config.reserve_for,
+            )
             .await?;
         let mut report = CompensationReport::default();
         for item in items {
@@ -96,24 +110,38 @@ impl CompensationWorker {
         Ok(report)
     }
 
-    async fn retry(&self, item: CompensationItem, report: &mut CompensationReport) -> Result<(), StoreError> {
+    async fn retry(
+        &self,
+        item: CompensationItem,
+        report: &mut CompensationReport,
+    ) -> Result<(), StoreError> {
         report.tried += 1;
-        let result = self.executor.execute(&item.operation_type, &item.payload).await;
+        let result = self
+            .executor
+            .execute(&item.operation_type, &item.payload)
+            .await;
         let now = self.clock.now();
         let event = match result {
             Ok(()) => CompensationEvent::AttemptSucceeded,
-            Err(ExecuteError::Permanent(e)) => {
-                CompensationEvent::AttemptFailed { error: ErrorText::new(e), retry_at: None }
-            }
+            Err(ExecuteError::Permanent(e)) => CompensationEvent::AttemptFailed {
+                error: ErrorText::new(e),
+                retry_at: None,
+            },
             Err(ExecuteError::Retryable(e)) => {
                 let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
                 let delay = self.config.backoff.delay(item.retry_count + 1, &mut *rng);
                 let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                CompensationEvent::AttemptFailed { error: ErrorText::new(e), retry_at: Some(at) }
+                CompensationEvent::AttemptFailed {
+                    error: ErrorText::new(e),
+                    retry_at: Some(at),
+                }
             }
             // `ExecuteError` is non-exhaustive for downstream crates only.
             #[allow(unreachable_patterns)]
-            Err(e) => CompensationEvent::AttemptFailed { error: ErrorText::new(e.to_string()), retry_at: None },
+            Err(e) => CompensationEvent::AttemptFailed {
+                error: ErrorText::new(e.to_string()),
+                retry_at: None,
+            },
         };
         let next = match item.apply(event, now) {
             Ok(next) => next,
@@ -171,21 +199,52 @@ impl CompensationWorker {
 
     /// An operator resolves an item (for example one in `manual_required`), recording who
     /// and why. Fails with [`StoreError::Conflict`] if the item changed since it was read.
-    pub async fn resolve(&self, id: Uuid, by: &str, note: &str) -> Result<CompensationItem, StoreError> {
-        self.operator(id, CompensationEvent::Resolve { by: by.to_owned(), note: note.to_owned() }).await
+    pub async fn resolve(
+        &self,
+        id: Uuid,
+        by: &str,
+        note: &str,
+    ) -> Result<CompensationItem, StoreError> {
+        self.operator(
+            id,
+            CompensationEvent::Resolve {
+                by: by.to_owned(),
+                note: note.to_owned(),
+            },
+        )
+        .await
     }
 
     /// An operator abandons an item, recording who and why.
-    pub async fn abandon(&self, id: Uuid, by: &str, note: &str) -> Result<CompensationItem, StoreError> {
-        self.operator(id, CompensationEvent::Abandon { by: by.to_owned(), note: note.to_owned() }).await
+    pub async fn abandon(
+        &self,
+        id: Uuid,
+        by: &str,
+        note: &str,
+    ) -> Result<CompensationItem, StoreError> {
+        self.operator(
+            id,
+            CompensationEvent::Abandon {
+                by: by.to_owned(),
+                note: note.to_owned(),
+            },
+        )
+        .await
     }
 
-    async fn operator(&self, id: Uuid, event: CompensationEvent) -> Result<CompensationItem, StoreError> {
+    async fn operator(
+        &self,
+        id: Uuid,
+        event: CompensationEvent,
+    ) -> Result<CompensationItem, StoreError> {
         let item = self
             .store
             .get(id)
             .await?
-            .ok_or_else(|| StoreError::NotFound { what: "compensation item", id: id.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                what: "compensation item",
+                id: id.to_string(),
+            })?;
         let next = item
             .apply(event, self.clock.now())
             .map_err(|e| StoreError::InvalidInput(e.to_string()))?;

@@ -75,7 +75,10 @@ impl RelayConfig {
         if self.relay_id.trim().is_empty() {
             return Err(ConfigError::EmptyRelayId);
         }
-        for (name, n) in [("batch_size", self.batch_size), ("concurrency", self.concurrency)] {
+        for (name, n) in [
+            ("batch_size", self.batch_size),
+            ("concurrency", self.concurrency),
+        ] {
             if n == 0 {
                 return Err(ConfigError::Zero(name));
             }
@@ -91,7 +94,10 @@ impl RelayConfig {
             }
         }
         if self.publish_timeout >= self.lease {
-            return Err(ConfigError::PublishOutlivesLease { publish: self.publish_timeout, lease: self.lease });
+            return Err(ConfigError::PublishOutlivesLease {
+                publish: self.publish_timeout,
+                lease: self.lease,
+            });
         }
         Ok(())
     }
@@ -104,14 +110,24 @@ mod tests {
     #[test]
     fn default_is_valid_and_bad_values_are_named() {
         assert_eq!(RelayConfig::default().validate(), Ok(()));
-        let mut c = RelayConfig::default();
-        c.batch_size = 0;
+        let d = RelayConfig::default;
+        let c = RelayConfig {
+            batch_size: 0,
+            ..d()
+        };
         assert_eq!(c.validate(), Err(ConfigError::Zero("batch_size")));
-        let mut c = RelayConfig::default();
-        c.publish_timeout = c.lease;
-        assert!(matches!(c.validate(), Err(ConfigError::PublishOutlivesLease { .. })));
-        let mut c = RelayConfig::default();
-        c.relay_id = " ".into();
+        let c = RelayConfig {
+            publish_timeout: d().lease,
+            ..d()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PublishOutlivesLease { .. })
+        ));
+        let c = RelayConfig {
+            relay_id: " ".into(),
+            ..d()
+        };
         assert_eq!(c.validate(), Err(ConfigError::EmptyRelayId));
     }
 }

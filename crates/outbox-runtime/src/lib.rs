@@ -20,7 +20,9 @@ mod compensation;
 mod config;
 mod relay;
 
-pub use compensation::{CompensationConfig, CompensationHandle, CompensationReport, CompensationWorker};
+pub use compensation::{
+    CompensationConfig, CompensationHandle, CompensationReport, CompensationWorker,
+};
 pub use config::{ConfigError, RelayConfig};
 pub use relay::{BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker};
 pub use tokio_util::sync::CancellationToken;

@@ -2,8 +2,8 @@ use crate::{ConfigError, RelayConfig};
 use chrono::{DateTime, Utc};
 use outbox_domain::ErrorText;
 use outbox_ports::{
-    ClaimRequest, ClaimedMessage, Clock, Disposition, MessageStore, PublishError, Publisher, Settlement,
-    StoreError, SystemClock,
+    ClaimRequest, ClaimedMessage, Clock, Disposition, MessageStore, PublishError, Publisher,
+    Settlement, StoreError, SystemClock,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -105,7 +105,9 @@ pub struct Relay {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,33 +182,52 @@ impl Relay {
 
     async fn publish_and_settle(&self, claimed: Vec<ClaimedMessage>) -> BatchReport {
         let batch: Vec<_> = claimed.iter().map(|c| c.message.clone()).collect();
-        let outcomes = match tokio::time::timeout(self.config.publish_timeout, self.publisher.publish(&batch)).await {
-            Ok(outcomes) => outcomes,
-            Err(_) => {
-                let timeout = PublishError::transient(format!("publish timed out after {:?}", self.config.publish_timeout));
-                vec![Err(timeout); batch.len()]
-            }
-        };
+        let outcomes =
+            match tokio::time::timeout(self.config.publish_timeout, self.publisher.publish(&batch))
+                .await
+            {
+                Ok(outcomes) => outcomes,
+                Err(_) => {
+                    let timeout = PublishError::transient(format!(
+                        "publish timed out after {:?}",
+                        self.config.publish_timeout
+                    ));
+                    vec![Err(timeout); batch.len()]
+                }
+            };
         let now = self.clock.now();
-        let mut report = BatchReport { claimed: claimed.len(), ..BatchReport::default() };
+        let mut report = BatchReport {
+            claimed: claimed.len(),
+            ..BatchReport::default()
+        };
         let mut outcomes = outcomes.into_iter();
         let settlements: Vec<Settlement> = claimed
             .iter()
             .map(|c| {
-                let outcome = outcomes
-                    .next()
-                    .unwrap_or_else(|| Err(PublishError::transient("publisher returned no outcome for this message")));
+                let outcome = outcomes.next().unwrap_or_else(|| {
+                    Err(PublishError::transient(
+                        "publisher returned no outcome for this message",
+                    ))
+                });
                 let disposition = self.disposition(c, outcome, now);
                 match disposition {
                     Disposition::Published => report.published += 1,
                     Disposition::Retry { .. } => report.retried += 1,
                     Disposition::Dead { .. } => report.dead += 1,
                 }
-                Settlement { id: c.message.id, token: c.lease.token, disposition }
+                Settlement {
+                    id: c.message.id,
+                    token: c.lease.token,
+                    disposition,
+                }
             })
             .collect();
         if report.retried + report.dead > 0 {
-            warn!(retried = report.retried, dead = report.dead, "some messages were not published");
+            warn!(
+                retried = report.retried,
+                dead = report.dead,
+                "some messages were not published"
+            );
         }
         match self.settle(settlements, now).await {
             Ok(lost) => report.lease_lost = lost,
@@ -221,14 +242,21 @@ impl Relay {
         report
     }
 
-    fn disposition(&self, c: &ClaimedMessage, outcome: Result<(), PublishError>, now: DateTime<Utc>) -> Disposition {
+    fn disposition(
+        &self,
+        c: &ClaimedMessage,
+        outcome: Result<(), PublishError>,
+        now: DateTime<Utc>,
+    ) -> Disposition {
         let error = match outcome {
             Ok(()) => return Disposition::Published,
             Err(e) => e,
         };
         let text = |s: String| ErrorText::with_max_len(s, self.config.max_error_len);
         if !error.is_transient() {
-            return Disposition::Dead { error: text(error.message) };
+            return Disposition::Dead {
+                error: text(error.message),
+            };
         }
         let attempts_left = c.attempts < c.max_attempts;
         let retry_at = {
@@ -241,23 +269,40 @@ impl Relay {
                     .retry_after
                     .and_then(|d| chrono::Duration::from_std(d).ok())
                     .map_or(at, |d| now + d);
-                Disposition::Retry { error: text(error.message), at: at.max(floor) }
+                Disposition::Retry {
+                    error: text(error.message),
+                    at: at.max(floor),
+                }
             }
             _ => Disposition::Dead {
-                error: text(format!("attempts exhausted ({}): {}", c.attempts, error.message)),
+                error: text(format!(
+                    "attempts exhausted ({}): {}",
+                    c.attempts, error.message
+                )),
             },
         }
     }
 
     /// Records outcomes, retrying store outages until the leases would expire.
-    async fn settle(&self, settlements: Vec<Settlement>, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let deadline = tokio::time::Instant::now() + self.config.lease.saturating_sub(self.config.publish_timeout);
+    async fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let deadline = tokio::time::Instant::now()
+            + self
+                .config
+                .lease
+                .saturating_sub(self.config.publish_timeout);
         let mut pause = Duration::from_millis(50);
         loop {
             match self.store.settle(settlements.clone(), now).await {
                 Ok(report) => {
                     if !report.lease_lost.is_empty() {
-                        warn!(lost = report.lease_lost.len(), "leases expired before settlement; newer claims own them");
+                        warn!(
+                            lost = report.lease_lost.len(),
+                            "leases expired before settlement; newer claims own them"
+                        );
                     }
                     return Ok(report.lease_lost.len());
                 }
@@ -273,10 +318,15 @@ impl Relay {
 
     /// Returns expired leases to the pool once. Returns how many were released.
     pub async fn sweep_once(&self) -> Result<u64, RelayError> {
-        let released = self.store.release_expired(self.clock.now(), self.config.batch_size.max(100)).await?;
+        let released = self
+            .store
+            .release_expired(self.clock.now(), self.config.batch_size.max(100))
+            .await?;
         if released > 0 {
             info!(released, "returned expired leases to the pool");
-            self.counters.leases_released.fetch_add(released, Ordering::Relaxed);
+            self.counters
+                .leases_released
+                .fetch_add(released, Ordering::Relaxed);
         }
         Ok(released)
     }
@@ -296,7 +346,11 @@ impl Relay {
         }
         tasks.spawn(Arc::clone(&relay).sweep_loop(shutdown.clone()));
         info!(relay = %relay.config.relay_id, workers = relay.config.concurrency, "relay started");
-        RelayHandle { relay, tasks, shutdown }
+        RelayHandle {
+            relay,
+            tasks,
+            shutdown,
+        }
     }
 
     async fn claim_loop(self: Arc<Self>, owner: String, shutdown: CancellationToken) {
@@ -305,8 +359,9 @@ impl Relay {
             let pause = match self.run_batch(&owner).await {
                 Ok(r) => {
                     failures = 0;
-                    // A full batch means more is probably waiting: go again at once.
-                    if r.claimed >= self.config.batch_size {
+                    // Settling a batch may have unparked the next message of each of its
+                    // keys, so go again at once; only an empty claim means idle.
+                    if r.claimed > 0 {
                         continue;
                     }
                     self.config.poll_interval
@@ -315,7 +370,8 @@ impl Relay {
                     failures = failures.saturating_add(1);
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(relay = %owner, error = %e, failures, "relay step failed");
-                    (self.config.poll_interval * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(30))
+                    (self.config.poll_interval * 2u32.saturating_pow(failures.min(6)))
+                        .min(Duration::from_secs(30))
                 }
             };
             tokio::select! {
@@ -381,7 +437,10 @@ impl RelayHandle {
         .await
         .is_ok();
         if !drained {
-            warn!(?drain, "relay did not drain in time; aborting the batches in flight");
+            warn!(
+                ?drain,
+                "relay did not drain in time; aborting the batches in flight"
+            );
             self.tasks.abort_all();
         }
         if let Err(e) = self.relay.publisher.flush(drain).await {

@@ -15,7 +15,11 @@ impl ManualClock {
 
     /// A clock stopped at a fixed, arbitrary instant (2027-01-01T00:00:00Z).
     pub fn fixed() -> Self {
-        Self::new(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).single().unwrap_or_default())
+        Self::new(
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0)
+                .single()
+                .unwrap_or_default(),
+        )
     }
 
     /// Moves the clock forward.

@@ -2,8 +2,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::{ErrorText, MessageId, OutboxMessage};
 use outbox_ports::{
-    ClaimRequest, ClaimedMessage, ListFilter, MessageStore, OutboxStats, PublishError, PublishErrorKind,
-    PublishOutcome, Publisher, SettleReport, Settlement, StoreError, StoreResult, StoredMessage,
+    ClaimRequest, ClaimedMessage, ListFilter, MessageStore, OutboxStats, PublishError,
+    PublishErrorKind, PublishOutcome, Publisher, SettleReport, Settlement, StoreError, StoreResult,
+    StoredMessage,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +37,11 @@ pub struct FaultyPublisher<P> {
 impl<P> FaultyPublisher<P> {
     /// A wrapper that injects nothing until told to.
     pub fn new(inner: P) -> Self {
-        Self { inner, rules: Arc::default(), seen: Arc::default() }
+        Self {
+            inner,
+            rules: Arc::default(),
+            seen: Arc::default(),
+        }
     }
 
     fn rules(&self) -> MutexGuard<'_, PublishRules> {
@@ -64,7 +69,12 @@ impl<P> FaultyPublisher<P> {
     }
 
     /// Messages with partition key `key` fail with `kind`, `times` times or forever.
-    pub fn fail_key(&self, key: impl Into<String>, kind: PublishErrorKind, times: Option<u32>) -> &Self {
+    pub fn fail_key(
+        &self,
+        key: impl Into<String>,
+        kind: PublishErrorKind,
+        times: Option<u32>,
+    ) -> &Self {
         self.rules().keys.insert(key.into(), (kind, times));
         self
     }
@@ -114,9 +124,11 @@ impl<P> FaultyPublisher<P> {
         }
         if r.fail_next > 0 {
             r.fail_next -= 1;
-            return Some(error(r.fail_next_kind.unwrap_or(PublishErrorKind::Transient)));
+            return Some(error(
+                r.fail_next_kind.unwrap_or(PublishErrorKind::Transient),
+            ));
         }
-        if r.fail_every.is_some_and(|every| n % every == 0) {
+        if r.fail_every.is_some_and(|every| n.is_multiple_of(every)) {
             return Some(error(PublishErrorKind::Transient));
         }
         None
@@ -137,13 +149,19 @@ impl<P: Publisher> Publisher for FaultyPublisher<P> {
             .filter(|(_, e)| e.is_none())
             .map(|(m, _)| m.clone())
             .collect();
-        let mut inner = if passed.is_empty() { Vec::new() } else { self.inner.publish(&passed).await }
-            .into_iter();
+        let mut inner = if passed.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.publish(&passed).await
+        }
+        .into_iter();
         injected
             .into_iter()
             .map(|e| match e {
                 Some(e) => Err(e),
-                None => inner.next().unwrap_or_else(|| Err(PublishError::transient("inner publisher lost an outcome"))),
+                None => inner.next().unwrap_or_else(|| {
+                    Err(PublishError::transient("inner publisher lost an outcome"))
+                }),
             })
             .collect()
     }
@@ -185,7 +203,10 @@ pub struct FaultyStore<S> {
 impl<S> FaultyStore<S> {
     /// A wrapper that injects nothing until told to.
     pub fn new(inner: S) -> Self {
-        Self { inner, rules: Arc::default() }
+        Self {
+            inner,
+            rules: Arc::default(),
+        }
     }
 
     fn rules(&self) -> MutexGuard<'_, StoreRules> {
@@ -243,7 +264,11 @@ impl<S: MessageStore> MessageStore for FaultyStore<S> {
         self.inner.claim(request).await
     }
 
-    async fn settle(&self, settlements: Vec<Settlement>, now: DateTime<Utc>) -> StoreResult<SettleReport> {
+    async fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<SettleReport> {
         self.gate(StoreOp::Settle).await?;
         self.inner.settle(settlements, now).await
     }

@@ -28,7 +28,9 @@ impl CompensationStore for InMemoryCompensationStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Uuid>> {
         if max_retries == 0 {
-            return Err(StoreError::InvalidInput("max_retries must be at least 1".into()));
+            return Err(StoreError::InvalidInput(
+                "max_retries must be at least 1".into(),
+            ));
         }
         let mut all = self.items.lock().unwrap_or_else(PoisonError::into_inner);
         let new: Vec<CompensationItem> = items
@@ -46,8 +48,9 @@ impl CompensationStore for InMemoryCompensationStore {
         limit: usize,
         reserve_for: Duration,
     ) -> StoreResult<Vec<CompensationItem>> {
-        let reserve = chrono::Duration::from_std(reserve_for)
-            .map_err(|_| StoreError::InvalidInput(format!("reservation {reserve_for:?} is too long")))?;
+        let reserve = chrono::Duration::from_std(reserve_for).map_err(|_| {
+            StoreError::InvalidInput(format!("reservation {reserve_for:?} is too long"))
+        })?;
         let mut all = self.items.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due: Vec<usize> = (0..all.len())
             .filter(|&i| all[i].status.is_retryable() && all[i].next_retry_at <= now)
@@ -68,10 +71,13 @@ impl CompensationStore for InMemoryCompensationStore {
 
     async fn update(&self, item: &CompensationItem, expected_version: u64) -> StoreResult<()> {
         let mut all = self.items.lock().unwrap_or_else(PoisonError::into_inner);
-        let stored = all
-            .iter_mut()
-            .find(|i| i.id == item.id)
-            .ok_or_else(|| StoreError::NotFound { what: "compensation item", id: item.id.to_string() })?;
+        let stored =
+            all.iter_mut()
+                .find(|i| i.id == item.id)
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "compensation item",
+                    id: item.id.to_string(),
+                })?;
         if stored.version != expected_version {
             return Err(StoreError::Conflict {
                 what: "compensation item",

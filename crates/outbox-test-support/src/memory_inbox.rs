@@ -1,7 +1,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::MessageId;
-use outbox_ports::{Cursor, CursorPosition, CursorStore, Inbox, InboxOutcome, StoreError, StoreResult};
+use outbox_ports::{
+    Cursor, CursorPosition, CursorStore, Inbox, InboxOutcome, StoreError, StoreResult,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -33,7 +35,9 @@ impl Inbox for InMemoryInbox {
         _now: DateTime<Utc>,
     ) -> StoreResult<InboxOutcome> {
         if consumer_group.is_empty() {
-            return Err(StoreError::InvalidInput("consumer group must not be empty".into()));
+            return Err(StoreError::InvalidInput(
+                "consumer group must not be empty".into(),
+            ));
         }
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(if seen.insert((consumer_group.to_owned(), message_id)) {
@@ -72,7 +76,9 @@ impl CursorStore for InMemoryCursorStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Cursor> {
         if name.is_empty() {
-            return Err(StoreError::InvalidInput("cursor name must not be empty".into()));
+            return Err(StoreError::InvalidInput(
+                "cursor name must not be empty".into(),
+            ));
         }
         let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
         let current = cursors.get(name).map(|c| c.version);

@@ -94,8 +94,12 @@ impl PublishedReader for InMemoryPublisher {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.appended.notified();
-            let got: Vec<ReceivedMessage> =
-                self.lock().iter().filter(|m| m.topic == topic).map(ReceivedMessage::from_message).collect();
+            let got: Vec<ReceivedMessage> = self
+                .lock()
+                .iter()
+                .filter(|m| m.topic == topic)
+                .map(ReceivedMessage::from_message)
+                .collect();
             if got.len() >= count || tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return got;
             }

@@ -46,7 +46,10 @@ impl InMemoryStore {
 
     /// An empty store giving each message `max_attempts` attempts.
     pub fn with_max_attempts(max_attempts: u32) -> Self {
-        Self { inner: Arc::default(), max_attempts: max_attempts.max(1) }
+        Self {
+            inner: Arc::default(),
+            max_attempts: max_attempts.max(1),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -65,7 +68,10 @@ impl State {
         let (message, delivery) = &mut self.log[idx];
         let next = delivery
             .apply(event, now)
-            .map_err(|source| StoreError::Transition { id: message.id, source })?;
+            .map_err(|source| StoreError::Transition {
+                id: message.id,
+                source,
+            })?;
         *delivery = next;
         if delivery.status.is_unfinished() {
             self.unfinished.insert(idx);
@@ -79,7 +85,10 @@ impl State {
         self.by_id
             .get(&id)
             .copied()
-            .ok_or_else(|| StoreError::NotFound { what: "message", id: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                what: "message",
+                id: id.to_string(),
+            })
     }
 }
 
@@ -110,7 +119,10 @@ impl MessageStore for InMemoryStore {
         let mut state = self.lock();
         let now = request.now;
         let heads = select_heads(
-            state.unfinished.iter().map(|&i| (i, state.log[i].0.ordering_key(), &state.log[i].1)),
+            state
+                .unfinished
+                .iter()
+                .map(|&i| (i, state.log[i].0.ordering_key(), &state.log[i].1)),
             now,
             request.limit,
         );
@@ -122,7 +134,13 @@ impl MessageStore for InMemoryStore {
                 token: LeaseToken::from_uuid(Uuid::new_v4()),
                 expires_at,
             };
-            state.apply(idx, DeliveryEvent::Claim { lease: lease.clone() }, now)?;
+            state.apply(
+                idx,
+                DeliveryEvent::Claim {
+                    lease: lease.clone(),
+                },
+                now,
+            )?;
             let (message, delivery) = &state.log[idx];
             claimed.push(ClaimedMessage {
                 message: message.clone(),
@@ -134,19 +152,33 @@ impl MessageStore for InMemoryStore {
         Ok(claimed)
     }
 
-    async fn settle(&self, settlements: Vec<Settlement>, now: DateTime<Utc>) -> StoreResult<SettleReport> {
+    async fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<SettleReport> {
         let mut state = self.lock();
         let mut report = SettleReport::default();
         for s in settlements {
             let idx = state.index(s.id)?;
             let event = match s.disposition {
                 Disposition::Published => DeliveryEvent::Publish { token: s.token },
-                Disposition::Retry { error, at } => {
-                    DeliveryEvent::Fail { token: s.token, error, retry_at: Some(at) }
-                }
-                Disposition::Dead { error } => DeliveryEvent::Fail { token: s.token, error, retry_at: None },
+                Disposition::Retry { error, at } => DeliveryEvent::Fail {
+                    token: s.token,
+                    error,
+                    retry_at: Some(at),
+                },
+                Disposition::Dead { error } => DeliveryEvent::Fail {
+                    token: s.token,
+                    error,
+                    retry_at: None,
+                },
             };
-            let owned = state.log[idx].1.lease.as_ref().is_some_and(|l| l.token == s.token);
+            let owned = state.log[idx]
+                .1
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.token == s.token);
             if owned {
                 state.apply(idx, event, now)?;
                 report.settled += 1;
@@ -176,7 +208,9 @@ impl MessageStore for InMemoryStore {
         let mut state = self.lock();
         let mut changed = 0;
         for &id in ids {
-            let Some(&idx) = state.by_id.get(&id) else { continue };
+            let Some(&idx) = state.by_id.get(&id) else {
+                continue;
+            };
             let status = state.log[idx].1.status;
             if matches!(status, MessageStatus::Consumed | MessageStatus::Dead) {
                 continue;
@@ -191,7 +225,9 @@ impl MessageStore for InMemoryStore {
         let mut state = self.lock();
         let mut changed = 0;
         for &id in ids {
-            let Some(&idx) = state.by_id.get(&id) else { continue };
+            let Some(&idx) = state.by_id.get(&id) else {
+                continue;
+            };
             if state.log[idx].1.status == MessageStatus::Dead {
                 state.apply(idx, DeliveryEvent::Replay, now)?;
                 changed += 1;
@@ -213,7 +249,9 @@ impl MessageStore for InMemoryStore {
 
     async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<StoredMessage>> {
         let state = self.lock();
-        let start = filter.after_seq.map_or(0, |s| usize::try_from(s).unwrap_or(usize::MAX));
+        let start = filter
+            .after_seq
+            .map_or(0, |s| usize::try_from(s).unwrap_or(usize::MAX));
         Ok((start..state.log.len())
             .filter(|&i| filter.status.is_none_or(|s| state.log[i].1.status == s))
             .take(filter.limit)
@@ -244,4 +282,3 @@ impl MessageStore for InMemoryStore {
         ))
     }
 }
-

@@ -1,6 +1,8 @@
 use async_trait::async_trait;
 use outbox_domain::{CompensationStatus, ErrorText, NewCompensationItem};
-use outbox_ports::{Clock, CompensationFilter, CompensationStore, ExecuteError, OperationExecutor, StoreError};
+use outbox_ports::{
+    Clock, CompensationFilter, CompensationStore, ExecuteError, OperationExecutor, StoreError,
+};
 use outbox_runtime::{CompensationConfig, CompensationWorker};
 use outbox_test_support::{InMemoryCompensationStore, ManualClock};
 use std::collections::HashMap;
@@ -24,7 +26,11 @@ impl OperationExecutor for ScriptedExecutor {
         if payload["fatal"].as_bool() == Some(true) {
             return Err(ExecuteError::Permanent("account closed".into()));
         }
-        if *n <= fail { Err(ExecuteError::Retryable(format!("attempt {n} failed"))) } else { Ok(()) }
+        if *n <= fail {
+            Err(ExecuteError::Retryable(format!("attempt {n} failed")))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -38,11 +44,19 @@ fn item(id: u64, fail: u32, fatal: bool) -> NewCompensationItem {
     }
 }
 
-fn worker(store: &InMemoryCompensationStore, clock: &ManualClock, batch_size: usize) -> CompensationWorker {
+fn worker(
+    store: &InMemoryCompensationStore,
+    clock: &ManualClock,
+    batch_size: usize,
+) -> CompensationWorker {
     let mut cfg = CompensationConfig::default();
     cfg.batch_size = batch_size;
-    CompensationWorker::new(Arc::new(store.clone()), Arc::new(ScriptedExecutor::default()), cfg)
-        .with_clock(Arc::new(clock.clone()))
+    CompensationWorker::new(
+        Arc::new(store.clone()),
+        Arc::new(ScriptedExecutor::default()),
+        cfg,
+    )
+    .with_clock(Arc::new(clock.clone()))
 }
 
 #[tokio::test]
@@ -51,13 +65,29 @@ async fn items_retry_with_backoff_resolve_or_need_an_operator() {
     let store = InMemoryCompensationStore::new();
     let w = worker(&store, &clock, 10);
     let ids = store
-        .record(vec![item(1, 0, false), item(2, 1, false), item(3, 99, false), item(4, 0, true)], 3, clock.now())
+        .record(
+            vec![
+                item(1, 0, false),
+                item(2, 1, false),
+                item(3, 99, false),
+                item(4, 0, true),
+            ],
+            3,
+            clock.now(),
+        )
         .await
         .unwrap();
 
     let r = w.run_once().await.unwrap();
-    assert_eq!((r.tried, r.resolved, r.retrying, r.manual_required), (4, 1, 2, 1));
-    assert_eq!(w.run_once().await.unwrap().tried, 0, "retries wait for their backoff (1 min)");
+    assert_eq!(
+        (r.tried, r.resolved, r.retrying, r.manual_required),
+        (4, 1, 2, 1)
+    );
+    assert_eq!(
+        w.run_once().await.unwrap().tried,
+        0,
+        "retries wait for their backoff (1 min)"
+    );
     for _ in 0..5 {
         clock.advance(Duration::from_secs(3600));
         w.run_once().await.unwrap();
@@ -70,28 +100,51 @@ async fn items_retry_with_backoff_resolve_or_need_an_operator() {
     assert_eq!(status(0).await.status, CompensationStatus::Resolved);
     assert_eq!(status(1).await.status, CompensationStatus::Resolved);
     let stuck = status(2).await;
-    assert_eq!((stuck.status, stuck.retry_count), (CompensationStatus::ManualRequired, 3));
-    assert_eq!(status(3).await.status, CompensationStatus::ManualRequired, "permanent errors skip retries");
+    assert_eq!(
+        (stuck.status, stuck.retry_count),
+        (CompensationStatus::ManualRequired, 3)
+    );
+    assert_eq!(
+        status(3).await.status,
+        CompensationStatus::ManualRequired,
+        "permanent errors skip retries"
+    );
 
     // The operator resolves one and abandons the other, recording who and why.
-    let done = w.resolve(ids[2], "alice", "refunded by hand").await.unwrap();
-    assert_eq!((done.status, done.resolved_by.as_deref()), (CompensationStatus::Resolved, Some("alice")));
+    let done = w
+        .resolve(ids[2], "alice", "refunded by hand")
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.status, done.resolved_by.as_deref()),
+        (CompensationStatus::Resolved, Some("alice"))
+    );
     let gone = w.abandon(ids[3], "bob", "customer left").await.unwrap();
     assert_eq!(gone.status, CompensationStatus::Abandoned);
-    assert!(matches!(w.resolve(ids[3], "bob", "again").await, Err(StoreError::InvalidInput(_))));
+    assert!(matches!(
+        w.resolve(ids[3], "bob", "again").await,
+        Err(StoreError::InvalidInput(_))
+    ));
 }
 
 #[tokio::test]
 async fn the_worker_claims_in_bounded_batches() {
     let clock = ManualClock::fixed();
     let store = InMemoryCompensationStore::new();
-    store.record((0..25).map(|i| item(i, 0, false)).collect(), 3, clock.now()).await.unwrap();
+    store
+        .record((0..25).map(|i| item(i, 0, false)).collect(), 3, clock.now())
+        .await
+        .unwrap();
     let w = worker(&store, &clock, 10);
     assert_eq!(w.run_once().await.unwrap().tried, 10);
     assert_eq!(w.run_once().await.unwrap().tried, 10);
     assert_eq!(w.run_once().await.unwrap().tried, 5);
     let resolved = store
-        .list(&CompensationFilter { status: Some(CompensationStatus::Resolved), batch_id: None, limit: 100 })
+        .list(&CompensationFilter {
+            status: Some(CompensationStatus::Resolved),
+            batch_id: None,
+            limit: 100,
+        })
         .await
         .unwrap();
     assert_eq!(resolved.len(), 25);
@@ -101,15 +154,27 @@ async fn the_worker_claims_in_bounded_batches() {
 async fn a_stale_update_fails_and_never_overwrites() {
     let clock = ManualClock::fixed();
     let store = InMemoryCompensationStore::new();
-    let id = store.record(vec![item(1, 5, false)], 3, clock.now()).await.unwrap()[0];
+    let id = store
+        .record(vec![item(1, 5, false)], 3, clock.now())
+        .await
+        .unwrap()[0];
     let read = store.get(id).await.unwrap().unwrap();
     let w = worker(&store, &clock, 10);
     w.run_once().await.unwrap(); // bumps the version twice (claim, failure)
 
     let stale = read
-        .apply(outbox_domain::CompensationEvent::Abandon { by: "op".into(), note: "n".into() }, clock.now())
+        .apply(
+            outbox_domain::CompensationEvent::Abandon {
+                by: "op".into(),
+                note: "n".into(),
+            },
+            clock.now(),
+        )
         .unwrap();
     let err = store.update(&stale, read.version).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "got {err:?}");
-    assert_eq!(store.get(id).await.unwrap().unwrap().status, CompensationStatus::Retrying);
+    assert_eq!(
+        store.get(id).await.unwrap().unwrap().status,
+        CompensationStatus::Retrying
+    );
 }

@@ -1,5 +1,7 @@
 //! Runtime behaviour against the in-memory adapters and fault-injecting doubles.
 
+#![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
+
 mod compensation;
 mod relay;
 
@@ -9,7 +11,14 @@ use std::collections::HashMap;
 
 /// A message of `key` whose payload records its sequence number `n` within the key.
 fn msg(key: &str, n: usize, now: DateTime<Utc>) -> OutboxMessage {
-    OutboxMessage::new("orders", "order.changed", "orders.events", key, Payload::Json(serde_json::json!({ "n": n })), now)
+    OutboxMessage::new(
+        "orders",
+        "order.changed",
+        "orders.events",
+        key,
+        Payload::Json(serde_json::json!({ "n": n })),
+        now,
+    )
 }
 
 /// Per key, the message ids in the order the broker received them.

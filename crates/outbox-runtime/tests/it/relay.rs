@@ -2,7 +2,9 @@ use super::{msg, order_by_key};
 use outbox_domain::{BackoffPolicy, MessageStatus};
 use outbox_ports::{ClaimRequest, Clock, ListFilter, MessageStore, PublishErrorKind};
 use outbox_runtime::{CancellationToken, ConfigError, Relay, RelayConfig};
-use outbox_test_support::{FaultyPublisher, FaultyStore, InMemoryPublisher, InMemoryStore, ManualClock, StoreOp};
+use outbox_test_support::{
+    FaultyPublisher, FaultyStore, InMemoryPublisher, InMemoryStore, ManualClock, StoreOp,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +32,21 @@ fn harness(batch_size: usize, max_attempts: u32) -> Harness {
     let store = InMemoryStore::with_max_attempts(max_attempts);
     let broker = InMemoryPublisher::new();
     let publisher = FaultyPublisher::new(broker.clone());
-    let relay = Relay::new(Arc::new(store.clone()), Arc::new(publisher.clone()), config(batch_size))
-        .unwrap()
-        .with_clock(Arc::new(clock.clone()))
-        .with_seed(7);
-    Harness { clock, store, broker, publisher, relay }
+    let relay = Relay::new(
+        Arc::new(store.clone()),
+        Arc::new(publisher.clone()),
+        config(batch_size),
+    )
+    .unwrap()
+    .with_clock(Arc::new(clock.clone()))
+    .with_seed(7);
+    Harness {
+        clock,
+        store,
+        broker,
+        publisher,
+        relay,
+    }
 }
 
 async fn status(store: &InMemoryStore, m: &outbox_domain::OutboxMessage) -> MessageStatus {
@@ -51,13 +63,25 @@ async fn transient_failures_are_retried_with_backoff_until_published() {
     let r = h.relay.run_once().await.unwrap();
     assert_eq!((r.claimed, r.retried), (1, 1));
     let stored = h.store.get(m.id).await.unwrap().unwrap();
-    assert_eq!(stored.delivery.next_attempt_at, h.clock.now() + chrono::Duration::seconds(1), "1 s after attempt 1");
+    assert_eq!(
+        stored.delivery.next_attempt_at,
+        h.clock.now() + chrono::Duration::seconds(1),
+        "1 s after attempt 1"
+    );
 
-    assert_eq!(h.relay.run_once().await.unwrap().claimed, 0, "backoff not over");
+    assert_eq!(
+        h.relay.run_once().await.unwrap().claimed,
+        0,
+        "backoff not over"
+    );
     h.clock.advance(Duration::from_secs(1));
     assert_eq!(h.relay.run_once().await.unwrap().retried, 1);
     let stored = h.store.get(m.id).await.unwrap().unwrap();
-    assert_eq!(stored.delivery.next_attempt_at, h.clock.now() + chrono::Duration::seconds(2), "2 s after attempt 2");
+    assert_eq!(
+        stored.delivery.next_attempt_at,
+        h.clock.now() + chrono::Duration::seconds(2),
+        "2 s after attempt 2"
+    );
 
     h.clock.advance(Duration::from_secs(2));
     assert_eq!(h.relay.run_once().await.unwrap().published, 1);
@@ -70,23 +94,44 @@ async fn permanent_failure_is_dead_at_once_and_exhausted_retries_die_too() {
     let h = harness(10, 2);
     let poison = msg("poison", 0, h.clock.now());
     let flaky = msg("flaky", 0, h.clock.now());
-    h.store.enqueue(vec![poison.clone(), flaky.clone()]).await.unwrap();
-    h.publisher.fail_key("poison", PublishErrorKind::Permanent, None);
-    h.publisher.fail_key("flaky", PublishErrorKind::Transient, None);
+    h.store
+        .enqueue(vec![poison.clone(), flaky.clone()])
+        .await
+        .unwrap();
+    h.publisher
+        .fail_key("poison", PublishErrorKind::Permanent, None);
+    h.publisher
+        .fail_key("flaky", PublishErrorKind::Transient, None);
 
     let r = h.relay.run_once().await.unwrap();
     assert_eq!((r.dead, r.retried), (1, 1));
     assert_eq!(status(&h.store, &poison).await, MessageStatus::Dead);
     h.clock.advance(Duration::from_secs(60));
-    assert_eq!(h.relay.run_once().await.unwrap().dead, 1, "second of two attempts fails for good");
+    assert_eq!(
+        h.relay.run_once().await.unwrap().dead,
+        1,
+        "second of two attempts fails for good"
+    );
     let dead = h.store.get(flaky.id).await.unwrap().unwrap();
     assert_eq!(dead.delivery.status, MessageStatus::Dead);
-    assert!(dead.delivery.last_error.unwrap().as_str().contains("attempts exhausted"));
+    assert!(
+        dead.delivery
+            .last_error
+            .unwrap()
+            .as_str()
+            .contains("attempts exhausted")
+    );
     assert!(h.broker.is_empty());
 
     // An operator replays the dead letters once the cause is fixed.
     h.publisher.heal();
-    assert_eq!(h.store.replay_dead(&[poison.id, flaky.id], h.clock.now()).await.unwrap(), 2);
+    assert_eq!(
+        h.store
+            .replay_dead(&[poison.id, flaky.id], h.clock.now())
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(h.relay.run_once().await.unwrap().published, 2);
 }
 
@@ -102,7 +147,8 @@ async fn per_key_order_survives_retries_of_a_head() {
     }
     h.store.enqueue(written.clone()).await.unwrap();
     // Key a's head fails three times; b fails every other time.
-    h.publisher.fail_key("a", PublishErrorKind::Transient, Some(3));
+    h.publisher
+        .fail_key("a", PublishErrorKind::Transient, Some(3));
     h.publisher.fail_every(2);
 
     for _ in 0..200 {
@@ -114,9 +160,16 @@ async fn per_key_order_survives_retries_of_a_head() {
             h.clock.advance(Duration::from_secs(10));
         }
     }
-    assert_eq!(h.store.stats().await.unwrap().published, written.len() as u64);
+    assert_eq!(
+        h.store.stats().await.unwrap().published,
+        written.len() as u64
+    );
     let got = order_by_key(&h.broker.messages());
-    assert_eq!(got, order_by_key(&written), "each key arrives in write order, exactly once");
+    assert_eq!(
+        got,
+        order_by_key(&written),
+        "each key arrives in write order, exactly once"
+    );
 }
 
 #[tokio::test]
@@ -125,15 +178,23 @@ async fn a_parked_key_does_not_hold_back_other_keys() {
     let now = h.clock.now();
     let stuck: Vec<_> = (0..3).map(|n| msg("stuck", n, now)).collect();
     let free: Vec<_> = (0..3).map(|n| msg("free", n, now)).collect();
-    h.store.enqueue(stuck.iter().chain(&free).cloned().collect()).await.unwrap();
-    h.publisher.fail_key("stuck", PublishErrorKind::Transient, None);
+    h.store
+        .enqueue(stuck.iter().chain(&free).cloned().collect())
+        .await
+        .unwrap();
+    h.publisher
+        .fail_key("stuck", PublishErrorKind::Transient, None);
 
     for _ in 0..3 {
         h.relay.run_once().await.unwrap();
     }
     let published: Vec<_> = h.broker.messages().iter().map(|m| m.id).collect();
     assert_eq!(published, free.iter().map(|m| m.id).collect::<Vec<_>>());
-    assert_eq!(status(&h.store, &stuck[1]).await, MessageStatus::Pending, "behind the parked head");
+    assert_eq!(
+        status(&h.store, &stuck[1]).await,
+        MessageStatus::Pending,
+        "behind the parked head"
+    );
 }
 
 #[tokio::test]
@@ -142,7 +203,12 @@ async fn a_crashed_relays_lease_expires_and_the_message_is_delivered() {
     let m = msg("k", 0, h.clock.now());
     h.store.enqueue(vec![m.clone()]).await.unwrap();
     // Another relay claims the message and dies without settling.
-    let req = ClaimRequest { owner: "crashed".into(), limit: 10, lease_for: Duration::from_secs(30), now: h.clock.now() };
+    let req = ClaimRequest {
+        owner: "crashed".into(),
+        limit: 10,
+        lease_for: Duration::from_secs(30),
+        now: h.clock.now(),
+    };
     assert_eq!(h.store.claim(&req).await.unwrap().len(), 1);
 
     assert_eq!(h.relay.sweep_once().await.unwrap(), 0);
@@ -158,14 +224,21 @@ async fn store_outages_are_ridden_out() {
     let clock = ManualClock::fixed();
     let store = FaultyStore::new(InMemoryStore::new());
     let broker = InMemoryPublisher::new();
-    let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), config(10))
-        .unwrap()
-        .with_clock(Arc::new(clock.clone()));
+    let relay = Relay::new(
+        Arc::new(store.clone()),
+        Arc::new(broker.clone()),
+        config(10),
+    )
+    .unwrap()
+    .with_clock(Arc::new(clock.clone()));
     let m = msg("k", 0, clock.now());
     store.enqueue(vec![m.clone()]).await.unwrap();
 
     store.fail_next(StoreOp::Claim, 1);
-    assert!(relay.run_once().await.is_err(), "a failed claim is reported");
+    assert!(
+        relay.run_once().await.is_err(),
+        "a failed claim is reported"
+    );
     // Settlement fails twice, then is retried and recorded: the outcome is not lost.
     store.fail_next(StoreOp::Settle, 2);
     assert_eq!(relay.run_once().await.unwrap().published, 1);
@@ -183,7 +256,10 @@ async fn notify_wakes_an_idle_relay_at_once() {
     let handle = relay.spawn(CancellationToken::new());
     tokio::time::sleep(Duration::from_millis(50)).await; // let it go idle
 
-    store.enqueue(vec![msg("k", 0, chrono::Utc::now())]).await.unwrap();
+    store
+        .enqueue(vec![msg("k", 0, chrono::Utc::now())])
+        .await
+        .unwrap();
     handle.notify();
     let got = broker.read_from(0, 10, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1, "woken long before the hour-long poll");
@@ -197,7 +273,9 @@ async fn shutdown_drains_the_batch_in_flight_without_loss_or_double_publish() {
     let slow = FaultyPublisher::new(broker.clone());
     slow.delay(Duration::from_millis(300));
     let now = chrono::Utc::now();
-    let written: Vec<_> = (0..40).map(|n| msg(&format!("k{}", n % 8), n / 8, now)).collect();
+    let written: Vec<_> = (0..40)
+        .map(|n| msg(&format!("k{}", n % 8), n / 8, now))
+        .collect();
     store.enqueue(written.clone()).await.unwrap();
 
     let relay = Relay::new(Arc::new(store.clone()), Arc::new(slow.clone()), config(8)).unwrap();
@@ -207,19 +285,38 @@ async fn shutdown_drains_the_batch_in_flight_without_loss_or_double_publish() {
     }
     assert!(handle.shutdown().await, "drained within the timeout");
 
-    let in_flight = store.list(&ListFilter::status(MessageStatus::InFlight, 100)).await.unwrap();
-    assert!(in_flight.is_empty(), "every claimed message was settled before stopping");
+    let in_flight = store
+        .list(&ListFilter::status(MessageStatus::InFlight, 100))
+        .await
+        .unwrap();
+    assert!(
+        in_flight.is_empty(),
+        "every claimed message was settled before stopping"
+    );
     let published = store.stats().await.unwrap().published;
-    assert!(published > 0 && published < written.len() as u64, "stopped part way: {published}");
-    assert_eq!(broker.len() as u64, published, "the broker has exactly what the store marked");
+    assert!(
+        published > 0 && published < written.len() as u64,
+        "stopped part way: {published}"
+    );
+    assert_eq!(
+        broker.len() as u64,
+        published,
+        "the broker has exactly what the store marked"
+    );
 
     // A new relay finishes the rest; nothing is lost and nothing is sent twice.
     let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), config(8)).unwrap();
     let handle = relay.spawn(CancellationToken::new());
-    broker.read_from(written.len() - 1, 1, Duration::from_secs(10)).await;
+    broker
+        .read_from(written.len() - 1, 1, Duration::from_secs(10))
+        .await;
     assert!(handle.shutdown().await);
     let ids: Vec<_> = broker.messages().iter().map(|m| m.id).collect();
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len(), "no duplicates");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "no duplicates"
+    );
     assert_eq!(ids.len(), written.len(), "no loss");
     assert_eq!(order_by_key(&broker.messages()), order_by_key(&written));
 }
@@ -229,7 +326,9 @@ async fn concurrent_relays_publish_each_message_once_in_key_order() {
     let store = InMemoryStore::new();
     let broker = InMemoryPublisher::new();
     let now = chrono::Utc::now();
-    let written: Vec<_> = (0..300).map(|n| msg(&format!("k{}", n % 17), n, now)).collect();
+    let written: Vec<_> = (0..300)
+        .map(|n| msg(&format!("k{}", n % 17), n, now))
+        .collect();
     store.enqueue(written.clone()).await.unwrap();
     let flaky = FaultyPublisher::new(broker.clone());
     flaky.fail_every(7);
@@ -240,8 +339,12 @@ async fn concurrent_relays_publish_each_message_once_in_key_order() {
             let mut cfg = config(16);
             cfg.relay_id = format!("relay-{i}");
             cfg.concurrency = 2;
-            cfg.backoff = BackoffPolicy::new(Duration::from_millis(5), 2.0, Duration::from_millis(20), 50).unwrap();
-            Relay::new(Arc::new(store.clone()), Arc::new(flaky.clone()), cfg).unwrap().spawn(token.clone())
+            cfg.backoff =
+                BackoffPolicy::new(Duration::from_millis(5), 2.0, Duration::from_millis(20), 50)
+                    .unwrap();
+            Relay::new(Arc::new(store.clone()), Arc::new(flaky.clone()), cfg)
+                .unwrap()
+                .spawn(token.clone())
         })
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -262,20 +365,36 @@ async fn publish_timeout_counts_as_a_transient_failure() {
     let mut cfg = config(10);
     cfg.publish_timeout = Duration::from_millis(50);
     h.publisher.delay(Duration::from_secs(5));
-    h.relay = Relay::new(Arc::new(h.store.clone()), Arc::new(h.publisher.clone()), cfg)
-        .unwrap()
-        .with_clock(Arc::new(h.clock.clone()));
+    h.relay = Relay::new(
+        Arc::new(h.store.clone()),
+        Arc::new(h.publisher.clone()),
+        cfg,
+    )
+    .unwrap()
+    .with_clock(Arc::new(h.clock.clone()));
     let m = msg("k", 0, h.clock.now());
     h.store.enqueue(vec![m.clone()]).await.unwrap();
     assert_eq!(h.relay.run_once().await.unwrap().retried, 1);
     let stored = h.store.get(m.id).await.unwrap().unwrap();
-    assert!(stored.delivery.last_error.unwrap().as_str().contains("timed out"));
+    assert!(
+        stored
+            .delivery
+            .last_error
+            .unwrap()
+            .as_str()
+            .contains("timed out")
+    );
 }
 
 #[test]
 fn invalid_configuration_is_rejected_up_front() {
     let mut cfg = RelayConfig::default();
     cfg.concurrency = 0;
-    let err = Relay::new(Arc::new(InMemoryStore::new()), Arc::new(InMemoryPublisher::new()), cfg).unwrap_err();
+    let err = Relay::new(
+        Arc::new(InMemoryStore::new()),
+        Arc::new(InMemoryPublisher::new()),
+        cfg,
+    )
+    .unwrap_err();
     assert_eq!(err, ConfigError::Zero("concurrency"));
 }

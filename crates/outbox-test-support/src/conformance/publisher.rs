@@ -11,7 +11,14 @@ use std::time::Duration;
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn message(topic: &str, key: &str, n: usize) -> OutboxMessage {
-    OutboxMessage::new("conformance", "conformance.happened", topic, key, Payload::Json(serde_json::json!({ "n": n })), Utc::now())
+    OutboxMessage::new(
+        "conformance",
+        "conformance.happened",
+        topic,
+        key,
+        Payload::Json(serde_json::json!({ "n": n })),
+        Utc::now(),
+    )
 }
 
 async fn publish_all<P: Publisher + ?Sized>(publisher: &P, batch: &[OutboxMessage]) {
@@ -40,7 +47,10 @@ where
         "conformance.binary",
         topic,
         "order-2",
-        Payload::Bytes { content_type: "application/x-protobuf".into(), data: vec![0, 159, 146, 150, 255] },
+        Payload::Bytes {
+            content_type: "application/x-protobuf".into(),
+            data: vec![0, 159, 146, 150, 255],
+        },
         Utc::now(),
     );
     publish_all(publisher, &[json.clone(), bytes.clone()]).await;
@@ -54,7 +64,10 @@ where
             .iter()
             .find(|r| r.headers.get(header::MESSAGE_ID) == Some(&id))
             .unwrap_or_else(|| panic!("message {id} not received with its id header"));
-        assert_eq!(received.key, want.key, "partition key becomes the broker key");
+        assert_eq!(
+            received.key, want.key,
+            "partition key becomes the broker key"
+        );
         assert_eq!(received.payload, want.payload);
         for (name, value) in &want.headers {
             assert_eq!(received.headers.get(name), Some(value), "header {name}");
@@ -68,7 +81,9 @@ where
     P: Publisher + ?Sized,
     R: PublishedReader + ?Sized,
 {
-    let batch: Vec<_> = (0..50).map(|n| message(topic, &format!("k{n}"), n)).collect();
+    let batch: Vec<_> = (0..50)
+        .map(|n| message(topic, &format!("k{n}"), n))
+        .collect();
     publish_all(publisher, &batch).await;
     assert_eq!(reader.read(topic, 50, READ_TIMEOUT).await.len(), 50);
 }
@@ -83,9 +98,14 @@ where
     const ROUNDS: usize = 6;
     let mut expected: HashMap<String, Vec<String>> = HashMap::new();
     for round in 0..ROUNDS {
-        let batch: Vec<_> = (0..KEYS).map(|k| message(topic, &format!("key-{k}"), round)).collect();
+        let batch: Vec<_> = (0..KEYS)
+            .map(|k| message(topic, &format!("key-{k}"), round))
+            .collect();
         for m in &batch {
-            expected.entry(m.partition_key.clone()).or_default().push(m.id.to_string());
+            expected
+                .entry(m.partition_key.clone())
+                .or_default()
+                .push(m.id.to_string());
         }
         publish_all(publisher, &batch).await;
     }
@@ -94,7 +114,12 @@ where
     let mut seen: HashMap<String, Vec<String>> = HashMap::new();
     for r in got {
         let key = r.key.clone().unwrap_or_default();
-        seen.entry(key).or_default().push(r.headers.get(header::MESSAGE_ID).cloned().unwrap_or_default());
+        seen.entry(key).or_default().push(
+            r.headers
+                .get(header::MESSAGE_ID)
+                .cloned()
+                .unwrap_or_default(),
+        );
     }
     assert_eq!(seen, expected, "per-key order");
 }
@@ -106,5 +131,8 @@ where
     R: PublishedReader + ?Sized,
 {
     assert!(publisher.publish(&[]).await.is_empty());
-    publisher.flush(Duration::from_secs(5)).await.expect("flush");
+    publisher
+        .flush(Duration::from_secs(5))
+        .await
+        .expect("flush");
 }

@@ -20,7 +20,9 @@ const LEASE: Duration = Duration::from_secs(30);
 
 /// The instant every case starts at.
 pub fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).single().unwrap_or_default()
+    Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default()
 }
 
 /// `t0` plus `secs` seconds.
@@ -42,23 +44,48 @@ pub fn message(key: &str, n: usize) -> OutboxMessage {
 }
 
 fn request(owner: &str, limit: usize, now: DateTime<Utc>) -> ClaimRequest {
-    ClaimRequest { owner: owner.to_owned(), limit, lease_for: LEASE, now }
+    ClaimRequest {
+        owner: owner.to_owned(),
+        limit,
+        lease_for: LEASE,
+        now,
+    }
 }
 
-async fn claim<S: MessageStore + ?Sized>(store: &S, limit: usize, now: DateTime<Utc>) -> Vec<ClaimedMessage> {
-    store.claim(&request("relay-a", limit, now)).await.expect("claim")
+async fn claim<S: MessageStore + ?Sized>(
+    store: &S,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Vec<ClaimedMessage> {
+    store
+        .claim(&request("relay-a", limit, now))
+        .await
+        .expect("claim")
 }
 
 fn settle(c: &ClaimedMessage, disposition: Disposition) -> Settlement {
-    Settlement { id: c.message.id, token: c.lease.token, disposition }
+    Settlement {
+        id: c.message.id,
+        token: c.lease.token,
+        disposition,
+    }
 }
 
 fn retry_at(secs: i64) -> Disposition {
-    Disposition::Retry { error: ErrorText::new("broker unavailable"), at: at(secs) }
+    Disposition::Retry {
+        error: ErrorText::new("broker unavailable"),
+        at: at(secs),
+    }
 }
 
 async fn status<S: MessageStore + ?Sized>(store: &S, id: MessageId) -> MessageStatus {
-    store.get(id).await.expect("get").expect("message exists").delivery.status
+    store
+        .get(id)
+        .await
+        .expect("get")
+        .expect("message exists")
+        .delivery
+        .status
 }
 
 fn payload_n(m: &OutboxMessage) -> u64 {
@@ -84,10 +111,19 @@ pub async fn enqueue_claim_settle<S: MessageStore + ?Sized>(store: &S) {
         assert_eq!(c.lease.expires_at, at(30));
         assert_eq!(status(store, c.message.id).await, MessageStatus::InFlight);
     }
-    assert!(claim(store, 10, at(1)).await.is_empty(), "in-flight messages are not claimed twice");
+    assert!(
+        claim(store, 10, at(1)).await.is_empty(),
+        "in-flight messages are not claimed twice"
+    );
 
     let report = store
-        .settle(claimed.iter().map(|c| settle(c, Disposition::Published)).collect(), at(1))
+        .settle(
+            claimed
+                .iter()
+                .map(|c| settle(c, Disposition::Published))
+                .collect(),
+            at(1),
+        )
         .await
         .expect("settle");
     assert_eq!((report.settled, report.lease_lost.len()), (3, 0));
@@ -96,7 +132,10 @@ pub async fn enqueue_claim_settle<S: MessageStore + ?Sized>(store: &S) {
         assert_eq!(stored.delivery.status, MessageStatus::Published);
         assert_eq!(stored.delivery.published_at, Some(at(1)));
     }
-    assert!(claim(store, 10, at(100)).await.is_empty(), "published messages are never claimed");
+    assert!(
+        claim(store, 10, at(100)).await.is_empty(),
+        "published messages are never claimed"
+    );
 }
 
 /// A failed enqueue writes nothing; duplicate ids are rejected with a typed error.
@@ -104,13 +143,31 @@ pub async fn enqueue_is_atomic_and_rejects_duplicates<S: MessageStore + ?Sized>(
     let a = message("a", 0);
     store.enqueue(vec![a.clone()]).await.expect("enqueue");
     let b = message("b", 1);
-    let err = store.enqueue(vec![b.clone(), a.clone()]).await.expect_err("duplicate must fail");
-    assert!(matches!(err, StoreError::DuplicateMessage(id) if id == a.id), "got {err:?}");
-    assert!(store.get(b.id).await.expect("get").is_none(), "nothing of a failed enqueue is kept");
-    let err = store.enqueue(vec![b.clone(), b.clone()]).await.expect_err("duplicate within a batch");
-    assert!(matches!(err, StoreError::DuplicateMessage(_)), "got {err:?}");
+    let err = store
+        .enqueue(vec![b.clone(), a.clone()])
+        .await
+        .expect_err("duplicate must fail");
+    assert!(
+        matches!(err, StoreError::DuplicateMessage(id) if id == a.id),
+        "got {err:?}"
+    );
+    assert!(
+        store.get(b.id).await.expect("get").is_none(),
+        "nothing of a failed enqueue is kept"
+    );
+    let err = store
+        .enqueue(vec![b.clone(), b.clone()])
+        .await
+        .expect_err("duplicate within a batch");
+    assert!(
+        matches!(err, StoreError::DuplicateMessage(_)),
+        "got {err:?}"
+    );
     assert!(store.get(b.id).await.expect("get").is_none());
-    assert_eq!(store.enqueue(Vec::new()).await.expect("empty enqueue"), Vec::<MessageId>::new());
+    assert_eq!(
+        store.enqueue(Vec::new()).await.expect("empty enqueue"),
+        Vec::<MessageId>::new()
+    );
 }
 
 /// A retried message is invisible until its backoff has passed.
@@ -118,16 +175,25 @@ pub async fn retry_waits_for_backoff<S: MessageStore + ?Sized>(store: &S) {
     let m = message("k", 0);
     store.enqueue(vec![m.clone()]).await.expect("enqueue");
     let c = claim(store, 1, at(0)).await;
-    store.settle(vec![settle(&c[0], retry_at(10))], at(1)).await.expect("settle");
+    store
+        .settle(vec![settle(&c[0], retry_at(10))], at(1))
+        .await
+        .expect("settle");
 
     let stored = store.get(m.id).await.expect("get").expect("exists");
     assert_eq!(stored.delivery.status, MessageStatus::Pending);
     assert_eq!(stored.delivery.next_attempt_at, at(10));
-    assert_eq!(stored.delivery.last_error.as_ref().map(ErrorText::as_str), Some("broker unavailable"));
+    assert_eq!(
+        stored.delivery.last_error.as_ref().map(ErrorText::as_str),
+        Some("broker unavailable")
+    );
     let stats = store.stats().await.expect("stats");
     assert_eq!((stats.pending, stats.retrying), (0, 1));
 
-    assert!(claim(store, 1, at(9)).await.is_empty(), "not due before its backoff");
+    assert!(
+        claim(store, 1, at(9)).await.is_empty(),
+        "not due before its backoff"
+    );
     let again = claim(store, 1, at(10)).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, 2);
@@ -142,11 +208,18 @@ pub async fn dead_after_max_attempts<S: MessageStore + ?Sized>(store: &S) {
         let c = claim(store, 1, at(now)).await;
         assert_eq!(c.len(), 1, "attempt {attempt} is claimable");
         assert_eq!(c[0].attempts, attempt);
-        store.settle(vec![settle(&c[0], retry_at(now + 5))], at(now)).await.expect("settle");
+        store
+            .settle(vec![settle(&c[0], retry_at(now + 5))], at(now))
+            .await
+            .expect("settle");
         now += 5;
     }
     let stored = store.get(m.id).await.expect("get").expect("exists");
-    assert_eq!(stored.delivery.status, MessageStatus::Dead, "attempts are used up");
+    assert_eq!(
+        stored.delivery.status,
+        MessageStatus::Dead,
+        "attempts are used up"
+    );
     assert_eq!(stored.delivery.attempts, MAX_ATTEMPTS);
     assert!(claim(store, 1, at(now + 1000)).await.is_empty());
     assert_eq!(store.stats().await.expect("stats").dead, 1);
@@ -157,11 +230,19 @@ pub async fn permanent_failure_is_dead_at_once<S: MessageStore + ?Sized>(store: 
     let m = message("k", 0);
     store.enqueue(vec![m.clone()]).await.expect("enqueue");
     let c = claim(store, 1, at(0)).await;
-    let dead = Disposition::Dead { error: ErrorText::new("message too large") };
-    store.settle(vec![settle(&c[0], dead)], at(1)).await.expect("settle");
+    let dead = Disposition::Dead {
+        error: ErrorText::new("message too large"),
+    };
+    store
+        .settle(vec![settle(&c[0], dead)], at(1))
+        .await
+        .expect("settle");
     let stored = store.get(m.id).await.expect("get").expect("exists");
     assert_eq!(stored.delivery.status, MessageStatus::Dead);
-    assert_eq!(stored.delivery.last_error.as_ref().map(ErrorText::as_str), Some("message too large"));
+    assert_eq!(
+        stored.delivery.last_error.as_ref().map(ErrorText::as_str),
+        Some("message too large")
+    );
 }
 
 /// An operator's replay sends a dead message back with fresh attempts; other states are
@@ -169,17 +250,31 @@ pub async fn permanent_failure_is_dead_at_once<S: MessageStore + ?Sized>(store: 
 pub async fn replay_of_dead<S: MessageStore + ?Sized>(store: &S) {
     let dead = message("a", 0);
     let pending = message("b", 1);
-    store.enqueue(vec![dead.clone(), pending.clone()]).await.expect("enqueue");
+    store
+        .enqueue(vec![dead.clone(), pending.clone()])
+        .await
+        .expect("enqueue");
     let c = claim(store, 1, at(0)).await;
     assert_eq!(c[0].message.id, dead.id);
-    let err = Disposition::Dead { error: ErrorText::new("rejected") };
-    store.settle(vec![settle(&c[0], err)], at(1)).await.expect("settle");
+    let err = Disposition::Dead {
+        error: ErrorText::new("rejected"),
+    };
+    store
+        .settle(vec![settle(&c[0], err)], at(1))
+        .await
+        .expect("settle");
 
-    let replayed = store.replay_dead(&[dead.id, pending.id], at(2)).await.expect("replay");
+    let replayed = store
+        .replay_dead(&[dead.id, pending.id], at(2))
+        .await
+        .expect("replay");
     assert_eq!(replayed, 1, "only the dead message is replayed");
     assert_eq!(status(store, dead.id).await, MessageStatus::Pending);
     let c = claim(store, 10, at(2)).await;
-    let again = c.iter().find(|c| c.message.id == dead.id).expect("replayed message is claimable");
+    let again = c
+        .iter()
+        .find(|c| c.message.id == dead.id)
+        .expect("replayed message is claimable");
     assert_eq!(again.attempts, 1, "replay grants fresh attempts");
 }
 
@@ -188,13 +283,26 @@ pub async fn lease_expiry_and_reclaim<S: MessageStore + ?Sized>(store: &S) {
     let m = message("k", 0);
     store.enqueue(vec![m.clone()]).await.expect("enqueue");
     let first = claim(store, 1, at(0)).await;
-    assert_eq!(store.release_expired(at(29), 100).await.expect("release"), 0, "lease still valid");
-    assert_eq!(store.release_expired(at(30), 100).await.expect("release"), 1);
+    assert_eq!(
+        store.release_expired(at(29), 100).await.expect("release"),
+        0,
+        "lease still valid"
+    );
+    assert_eq!(
+        store.release_expired(at(30), 100).await.expect("release"),
+        1
+    );
     let stored = store.get(m.id).await.expect("get").expect("exists");
     assert_eq!(stored.delivery.status, MessageStatus::Pending);
-    assert!(stored.delivery.last_error.is_some(), "the expiry is recorded");
+    assert!(
+        stored.delivery.last_error.is_some(),
+        "the expiry is recorded"
+    );
 
-    let second = store.claim(&request("relay-b", 1, at(30))).await.expect("claim");
+    let second = store
+        .claim(&request("relay-b", 1, at(30)))
+        .await
+        .expect("claim");
     assert_eq!(second.len(), 1);
     assert_ne!(second[0].lease.token, first[0].lease.token);
     assert_eq!(second[0].lease.owner, "relay-b");
@@ -203,7 +311,10 @@ pub async fn lease_expiry_and_reclaim<S: MessageStore + ?Sized>(store: &S) {
     // On the last attempt an expired lease makes the message dead instead.
     store.release_expired(at(60), 100).await.expect("release");
     claim(store, 1, at(60)).await;
-    assert_eq!(store.release_expired(at(90), 100).await.expect("release"), 1);
+    assert_eq!(
+        store.release_expired(at(90), 100).await.expect("release"),
+        1
+    );
     assert_eq!(status(store, m.id).await, MessageStatus::Dead);
 }
 
@@ -215,12 +326,22 @@ pub async fn stale_lease_cannot_settle_after_reclaim<S: MessageStore + ?Sized>(s
     store.release_expired(at(30), 100).await.expect("release");
     let new = claim(store, 1, at(31)).await;
 
-    let report = store.settle(vec![settle(&old[0], Disposition::Published)], at(32)).await.expect("settle");
+    let report = store
+        .settle(vec![settle(&old[0], Disposition::Published)], at(32))
+        .await
+        .expect("settle");
     assert_eq!(report.settled, 0);
     assert_eq!(report.lease_lost, vec![m.id]);
-    assert_eq!(status(store, m.id).await, MessageStatus::InFlight, "the newer claim still owns it");
+    assert_eq!(
+        status(store, m.id).await,
+        MessageStatus::InFlight,
+        "the newer claim still owns it"
+    );
 
-    let report = store.settle(vec![settle(&new[0], Disposition::Published)], at(33)).await.expect("settle");
+    let report = store
+        .settle(vec![settle(&new[0], Disposition::Published)], at(33))
+        .await
+        .expect("settle");
     assert_eq!(report.settled, 1);
     assert_eq!(status(store, m.id).await, MessageStatus::Published);
 }
@@ -230,18 +351,43 @@ pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &
     let a: Vec<_> = (0..3).map(|n| message("a", n)).collect();
     let b: Vec<_> = (0..2).map(|n| message("b", 10 + n)).collect();
     // Interleave the two keys in write order.
-    store.enqueue(vec![a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone(), a[2].clone()]).await.expect("enqueue");
+    store
+        .enqueue(vec![
+            a[0].clone(),
+            b[0].clone(),
+            a[1].clone(),
+            b[1].clone(),
+            a[2].clone(),
+        ])
+        .await
+        .expect("enqueue");
 
     let c = claim(store, 10, at(0)).await;
     let ids: Vec<_> = c.iter().map(|c| c.message.id).collect();
     assert_eq!(ids, vec![a[0].id, b[0].id], "only the head of each key");
     let (ca, cb) = (&c[0], &c[1]);
-    store.settle(vec![settle(ca, retry_at(60)), settle(cb, Disposition::Published)], at(1)).await.expect("settle");
+    store
+        .settle(
+            vec![settle(ca, retry_at(60)), settle(cb, Disposition::Published)],
+            at(1),
+        )
+        .await
+        .expect("settle");
 
     let c = claim(store, 10, at(2)).await;
-    assert_eq!(c.iter().map(|c| c.message.id).collect::<Vec<_>>(), vec![b[1].id], "key a is parked, b flows");
-    store.settle(vec![settle(&c[0], Disposition::Published)], at(3)).await.expect("settle");
-    assert!(claim(store, 10, at(30)).await.is_empty(), "a stays parked until its head is due");
+    assert_eq!(
+        c.iter().map(|c| c.message.id).collect::<Vec<_>>(),
+        vec![b[1].id],
+        "key a is parked, b flows"
+    );
+    store
+        .settle(vec![settle(&c[0], Disposition::Published)], at(3))
+        .await
+        .expect("settle");
+    assert!(
+        claim(store, 10, at(30)).await.is_empty(),
+        "a stays parked until its head is due"
+    );
 
     let mut order = Vec::new();
     let mut now = 60;
@@ -252,7 +398,10 @@ pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &
         }
         assert_eq!(c.len(), 1, "one message of key a at a time");
         order.push(c[0].message.id);
-        store.settle(vec![settle(&c[0], Disposition::Published)], at(now)).await.expect("settle");
+        store
+            .settle(vec![settle(&c[0], Disposition::Published)], at(now))
+            .await
+            .expect("settle");
         now += 1;
     }
     assert_eq!(order, a.iter().map(|m| m.id).collect::<Vec<_>>());
@@ -262,17 +411,32 @@ pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &
 pub async fn kill_unparks_a_key<S: MessageStore + ?Sized>(store: &S) {
     let head = message("k", 0);
     let next = message("k", 1);
-    store.enqueue(vec![head.clone(), next.clone()]).await.expect("enqueue");
+    store
+        .enqueue(vec![head.clone(), next.clone()])
+        .await
+        .expect("enqueue");
     let c = claim(store, 10, at(0)).await;
-    store.settle(vec![settle(&c[0], retry_at(3600))], at(1)).await.expect("settle");
+    store
+        .settle(vec![settle(&c[0], retry_at(3600))], at(1))
+        .await
+        .expect("settle");
     assert!(claim(store, 10, at(2)).await.is_empty());
 
-    store.kill(head.id, ErrorText::new("skipped by operator"), at(3)).await.expect("kill");
+    store
+        .kill(head.id, ErrorText::new("skipped by operator"), at(3))
+        .await
+        .expect("kill");
     assert_eq!(status(store, head.id).await, MessageStatus::Dead);
     let c = claim(store, 10, at(3)).await;
-    assert_eq!(c.iter().map(|c| c.message.id).collect::<Vec<_>>(), vec![next.id]);
+    assert_eq!(
+        c.iter().map(|c| c.message.id).collect::<Vec<_>>(),
+        vec![next.id]
+    );
 
-    let err = store.kill(next.id, ErrorText::new("x"), at(4)).await.expect_err("in flight");
+    let err = store
+        .kill(next.id, ErrorText::new("x"), at(4))
+        .await
+        .expect_err("in flight");
     assert!(matches!(err, StoreError::Transition { .. }), "got {err:?}");
 }
 
@@ -280,7 +444,9 @@ pub async fn kill_unparks_a_key<S: MessageStore + ?Sized>(store: &S) {
 pub async fn no_double_claim_by_concurrent_relays<S: MessageStore + ?Sized>(store: &S) {
     const KEYS: usize = 20;
     const PER_KEY: usize = 5;
-    let msgs: Vec<_> = (0..KEYS * PER_KEY).map(|n| message(&format!("k{}", n % KEYS), n)).collect();
+    let msgs: Vec<_> = (0..KEYS * PER_KEY)
+        .map(|n| message(&format!("k{}", n % KEYS), n))
+        .collect();
     store.enqueue(msgs.clone()).await.expect("enqueue");
 
     let mut claimed_ids = Vec::new();
@@ -293,9 +459,15 @@ pub async fn no_double_claim_by_concurrent_relays<S: MessageStore + ?Sized>(stor
         let mut round_keys = HashSet::new();
         let mut settlements = Vec::new();
         for c in claims.into_iter().flat_map(|r| r.expect("claim")) {
-            assert!(round_keys.insert(c.message.partition_key.clone()), "two messages of one key in flight");
+            assert!(
+                round_keys.insert(c.message.partition_key.clone()),
+                "two messages of one key in flight"
+            );
             claimed_ids.push(c.message.id);
-            per_key.entry(c.message.partition_key.clone()).or_default().push(payload_n(&c.message));
+            per_key
+                .entry(c.message.partition_key.clone())
+                .or_default()
+                .push(payload_n(&c.message));
             settlements.push(settle(&c, Disposition::Published));
         }
         if settlements.is_empty() {
@@ -304,7 +476,11 @@ pub async fn no_double_claim_by_concurrent_relays<S: MessageStore + ?Sized>(stor
         store.settle(settlements, now).await.expect("settle");
     }
     let unique: HashSet<_> = claimed_ids.iter().collect();
-    assert_eq!(unique.len(), claimed_ids.len(), "a message was claimed twice");
+    assert_eq!(
+        unique.len(),
+        claimed_ids.len(),
+        "a message was claimed twice"
+    );
     assert_eq!(claimed_ids.len(), msgs.len(), "every message was claimed");
     for (key, ns) in per_key {
         let mut sorted = ns.clone();
@@ -328,19 +504,47 @@ pub async fn consumed_and_stats<S: MessageStore + ?Sized>(store: &S) {
                 settle(&c[0], Disposition::Published),
                 settle(&c[1], Disposition::Published),
                 settle(&c[2], retry_at(50)),
-                settle(&c[3], Disposition::Dead { error: ErrorText::new("bad") }),
+                settle(
+                    &c[3],
+                    Disposition::Dead {
+                        error: ErrorText::new("bad"),
+                    },
+                ),
             ],
             at(1),
         )
         .await
         .expect("settle");
-    assert_eq!(store.mark_consumed(&[c[0].message.id, c[3].message.id], at(2)).await.expect("consume"), 1);
-    assert_eq!(store.mark_consumed(&[c[0].message.id], at(3)).await.expect("consume"), 0, "idempotent");
-    assert_eq!(status(store, c[0].message.id).await, MessageStatus::Consumed);
+    assert_eq!(
+        store
+            .mark_consumed(&[c[0].message.id, c[3].message.id], at(2))
+            .await
+            .expect("consume"),
+        1
+    );
+    assert_eq!(
+        store
+            .mark_consumed(&[c[0].message.id], at(3))
+            .await
+            .expect("consume"),
+        0,
+        "idempotent"
+    );
+    assert_eq!(
+        status(store, c[0].message.id).await,
+        MessageStatus::Consumed
+    );
 
     let s = store.stats().await.expect("stats");
     assert_eq!(
-        (s.pending, s.retrying, s.in_flight, s.published, s.consumed, s.dead),
+        (
+            s.pending,
+            s.retrying,
+            s.in_flight,
+            s.published,
+            s.consumed,
+            s.dead
+        ),
         (1, 1, 0, 1, 1, 1)
     );
     assert_eq!(s.oldest_unsent_at, Some(t0()));
@@ -351,27 +555,66 @@ pub async fn list_filters_and_pages<S: MessageStore + ?Sized>(store: &S) {
     let msgs: Vec<_> = (0..6).map(|n| message(&format!("k{n}"), n)).collect();
     store.enqueue(msgs.clone()).await.expect("enqueue");
     let c = claim(store, 2, at(0)).await;
-    let dead = Disposition::Dead { error: ErrorText::new("bad") };
-    store.settle(c.iter().map(|c| settle(c, dead.clone())).collect(), at(1)).await.expect("settle");
+    let dead = Disposition::Dead {
+        error: ErrorText::new("bad"),
+    };
+    store
+        .settle(c.iter().map(|c| settle(c, dead.clone())).collect(), at(1))
+        .await
+        .expect("settle");
 
-    let dead_list = store.list(&ListFilter::status(MessageStatus::Dead, 10)).await.expect("list");
-    assert_eq!(dead_list.iter().map(|m| m.message.id).collect::<Vec<_>>(), vec![msgs[0].id, msgs[1].id]);
+    let dead_list = store
+        .list(&ListFilter::status(MessageStatus::Dead, 10))
+        .await
+        .expect("list");
+    assert_eq!(
+        dead_list.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+        vec![msgs[0].id, msgs[1].id]
+    );
 
-    let page1 = store.list(&ListFilter { status: None, after_seq: None, limit: 4 }).await.expect("list");
+    let page1 = store
+        .list(&ListFilter {
+            status: None,
+            after_seq: None,
+            limit: 4,
+        })
+        .await
+        .expect("list");
     assert_eq!(page1.len(), 4);
     let last = page1.last().map(|m| m.seq);
-    let page2 = store.list(&ListFilter { status: None, after_seq: last, limit: 4 }).await.expect("list");
+    let page2 = store
+        .list(&ListFilter {
+            status: None,
+            after_seq: last,
+            limit: 4,
+        })
+        .await
+        .expect("list");
     let all: Vec<_> = page1.iter().chain(&page2).map(|m| m.message.id).collect();
-    assert_eq!(all, msgs.iter().map(|m| m.id).collect::<Vec<_>>(), "pages cover the log in write order");
+    assert_eq!(
+        all,
+        msgs.iter().map(|m| m.id).collect::<Vec<_>>(),
+        "pages cover the log in write order"
+    );
 }
 
 /// Requests no store can serve fail as caller bugs.
 pub async fn bad_claim_requests_are_rejected<S: MessageStore + ?Sized>(store: &S) {
     store.enqueue(vec![message("k", 0)]).await.expect("enqueue");
     let zero_limit = store.claim(&request("r", 0, at(0))).await;
-    assert!(matches!(zero_limit, Err(StoreError::InvalidInput(_))), "got {zero_limit:?}");
+    assert!(
+        matches!(zero_limit, Err(StoreError::InvalidInput(_))),
+        "got {zero_limit:?}"
+    );
     let mut req = request("r", 1, at(0));
     req.lease_for = Duration::ZERO;
-    assert!(matches!(store.claim(&req).await, Err(StoreError::InvalidInput(_))));
-    assert_eq!(claim(store, 1, at(0)).await.len(), 1, "a rejected request claimed nothing");
+    assert!(matches!(
+        store.claim(&req).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(
+        claim(store, 1, at(0)).await.len(),
+        1,
+        "a rejected request claimed nothing"
+    );
 }

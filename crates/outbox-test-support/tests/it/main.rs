@@ -1,5 +1,7 @@
 //! The in-memory adapters pass the same conformance suites as every other adapter.
 
+#![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
+
 mod conformance {
     use outbox_test_support::{InMemoryPublisher, InMemoryStore};
 
