@@ -536,20 +536,18 @@ mod tests {
                 let is_replay = matches!(ev, DeliveryEvent::Replay);
                 let before = d.clone();
                 if let Ok(next) = d.apply(ev, t(clock)) {
-                    {
-                        if before.status == MessageStatus::Consumed {
-                            prop_assert_eq!(&next, &before);
-                        }
-                        if before.status == MessageStatus::Dead && next.status != MessageStatus::Dead {
-                            prop_assert!(is_replay);
-                            prop_assert_eq!(next.status, MessageStatus::Pending);
-                        }
-                        if before.status == MessageStatus::Published {
-                            prop_assert!(matches!(next.status, MessageStatus::Published | MessageStatus::Consumed));
-                        }
-                        prop_assert_eq!(next.lease.is_some(), next.status == MessageStatus::InFlight);
-                        d = next;
+                    if before.status == MessageStatus::Consumed {
+                        prop_assert_eq!(&next, &before);
                     }
+                    if before.status == MessageStatus::Dead && next.status != MessageStatus::Dead {
+                        prop_assert!(is_replay);
+                        prop_assert_eq!(next.status, MessageStatus::Pending);
+                    }
+                    if before.status == MessageStatus::Published {
+                        prop_assert!(matches!(next.status, MessageStatus::Published | MessageStatus::Consumed));
+                    }
+                    prop_assert_eq!(next.lease.is_some(), next.status == MessageStatus::InFlight);
+                    d = next;
                 }
                 prop_assert!(d.attempts <= d.max_attempts);
             }

@@ -21,101 +21,70 @@ pub struct InvalidIdentifier {
     pub rule: &'static str,
 }
 
-/// A name safe to splice into SQL: `[a-z_][a-z0-9_]*`, at most 63 bytes (PostgreSQL's
-/// identifier limit, also within MySQL's 64 and SQLite's none). Used for services and
-/// table names.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct Identifier(String);
+/// Declares a validated name type: a `String` newtype whose only constructor, `parse`,
+/// checks `$valid`, with `as_str`, `Display` and a validating `Deserialize`.
+macro_rules! validated_name {
+    ($(#[$doc:meta])* $name:ident, $rule:literal, $valid:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
 
-impl Identifier {
-    const RULE: &'static str =
-        "use 1 to 63 characters from a-z, 0-9 and _, not starting with a digit";
+        impl $name {
+            /// Validates `value`; `kind` says what the name is for in the error message.
+            pub fn parse(kind: &'static str, value: &str) -> Result<Self, InvalidIdentifier> {
+                let valid: fn(&str) -> bool = $valid;
+                if valid(value) {
+                    Ok(Self(value.to_owned()))
+                } else {
+                    Err(InvalidIdentifier { kind, value: value.to_owned(), rule: $rule })
+                }
+            }
 
-    /// Validates `value` as an identifier for `kind` (used in the error message).
-    pub fn parse(kind: &'static str, value: &str) -> Result<Self, InvalidIdentifier> {
-        let ok = !value.is_empty()
-            && value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !value.as_bytes()[0].is_ascii_digit();
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(InvalidIdentifier {
-                kind,
-                value: value.to_owned(),
-                rule: Self::RULE,
-            })
+            /// The validated name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-    }
 
-    /// The validated name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Identifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Identifier {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Identifier::parse("identifier", &s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A topic or consumer-group name: `[A-Za-z0-9._-]` plus `/` and `:` (for Pulsar's
-/// `persistent://tenant/ns/topic`), 1 to 249 characters (Kafka's limit).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct TopicName(String);
-
-impl TopicName {
-    const RULE: &'static str =
-        "use 1 to 249 characters from A-Z, a-z, 0-9, '.', '_', '-', '/' and ':'";
-
-    /// Validates `value` as a broker name for `kind` (used in the error message).
-    pub fn parse(kind: &'static str, value: &str) -> Result<Self, InvalidIdentifier> {
-        let ok = !value.is_empty()
-            && value.len() <= 249
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b));
-        if ok {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(InvalidIdentifier {
-                kind,
-                value: value.to_owned(),
-                rule: Self::RULE,
-            })
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
         }
-    }
 
-    /// The validated name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(stringify!($name), &s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl fmt::Display for TopicName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+validated_name!(
+    /// A name safe to splice into SQL: `[a-z_][a-z0-9_]*`, at most 63 bytes (PostgreSQL's
+    /// identifier limit, also within MySQL's 64 and SQLite's none). Used for services and
+    /// table names.
+    Identifier,
+    "use 1 to 63 characters from a-z, 0-9 and _, not starting with a digit",
+    |v| {
+        !v.is_empty()
+            && v.len() <= 63
+            && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !v.as_bytes()[0].is_ascii_digit()
     }
-}
+);
 
-impl<'de> Deserialize<'de> for TopicName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        TopicName::parse("topic", &s).map_err(serde::de::Error::custom)
+validated_name!(
+    /// A topic or consumer-group name: `[A-Za-z0-9._-]` plus `/` and `:` (for Pulsar's
+    /// `persistent://tenant/ns/topic`), 1 to 249 characters (Kafka's limit).
+    TopicName,
+    "use 1 to 249 characters from A-Z, a-z, 0-9, '.', '_', '-', '/' and ':'",
+    |v| {
+        !v.is_empty() && v.len() <= 249 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b))
     }
-}
+);
 
 /// Why a registry could not be built or a route not found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

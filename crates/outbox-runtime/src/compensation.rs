@@ -136,8 +136,7 @@ impl CompensationWorker {
                     retry_at: Some(at),
                 }
             }
-            // `ExecuteError` is non-exhaustive for downstream crates only.
-            #[allow(unreachable_patterns)]
+            // `ExecuteError` is non-exhaustive: treat unknown kinds as needing an operator.
             Err(e) => CompensationEvent::AttemptFailed {
                 error: ErrorText::new(e.to_string()),
                 retry_at: None,

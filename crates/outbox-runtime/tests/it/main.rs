@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
 
 mod compensation;
+mod mocks;
 mod relay;
 
 use chrono::{DateTime, Utc};
