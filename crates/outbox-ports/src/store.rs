@@ -222,7 +222,9 @@ pub trait MessageStore: Send + Sync {
     /// Claims up to `request.limit` messages under a fresh lease.
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>>;
 
-    /// Records the outcomes of claims, in one round trip.
+    /// Records the outcomes of claims, in one round trip. An id the store does not know
+    /// fails the whole call with [`StoreError::NotFound`](crate::StoreError::NotFound)
+    /// and records nothing.
     async fn settle(
         &self,
         settlements: Vec<Settlement>,

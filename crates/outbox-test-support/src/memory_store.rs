@@ -158,9 +158,14 @@ impl MessageStore for InMemoryStore {
         now: DateTime<Utc>,
     ) -> StoreResult<SettleReport> {
         let mut state = self.lock();
+        // Resolve every id before changing anything, so an unknown id fails the whole
+        // call with nothing written.
+        let indices = settlements
+            .iter()
+            .map(|s| state.index(s.id))
+            .collect::<StoreResult<Vec<_>>>()?;
         let mut report = SettleReport::default();
-        for s in settlements {
-            let idx = state.index(s.id)?;
+        for (s, idx) in settlements.into_iter().zip(indices) {
             let event = match s.disposition {
                 Disposition::Published => DeliveryEvent::Publish { token: s.token },
                 Disposition::Retry { error, at } => DeliveryEvent::Fail {

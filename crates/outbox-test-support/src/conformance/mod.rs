@@ -83,6 +83,7 @@ macro_rules! store_conformance_tests {
             replay_of_dead,
             lease_expiry_and_reclaim,
             stale_lease_cannot_settle_after_reclaim,
+            settle_with_unknown_id_records_nothing,
             per_key_order_under_head_failure,
             kill_unparks_a_key,
             no_double_claim_by_concurrent_relays,

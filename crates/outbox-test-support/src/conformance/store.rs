@@ -346,6 +346,28 @@ pub async fn stale_lease_cannot_settle_after_reclaim<S: MessageStore + ?Sized>(s
     assert_eq!(status(store, m.id).await, MessageStatus::Published);
 }
 
+/// A settlement batch naming an unknown message fails whole: nothing is recorded.
+pub async fn settle_with_unknown_id_records_nothing<S: MessageStore + ?Sized>(store: &S) {
+    let m = message("k", 0);
+    store.enqueue(vec![m.clone()]).await.expect("enqueue");
+    let c = claim(store, 1, at(0)).await;
+    let unknown = Settlement {
+        id: message("other", 1).id,
+        token: c[0].lease.token,
+        disposition: Disposition::Published,
+    };
+    let err = store
+        .settle(vec![settle(&c[0], Disposition::Published), unknown], at(1))
+        .await
+        .expect_err("unknown id");
+    assert!(matches!(err, StoreError::NotFound { .. }), "got {err:?}");
+    assert_eq!(
+        status(store, m.id).await,
+        MessageStatus::InFlight,
+        "the valid settlement was not applied either"
+    );
+}
+
 /// A failing head parks its key only; the key resumes in order once the head succeeds.
 pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &S) {
     let a: Vec<_> = (0..3).map(|n| message("a", n)).collect();
