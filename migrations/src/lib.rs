@@ -24,13 +24,3 @@ impl MigratorTrait for Migrator {
         vec![]
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn has_no_migrations_before_the_storage_adapter_lands() {
-        assert!(Migrator::migrations().is_empty());
-    }
-}

@@ -41,18 +41,31 @@ impl InMemoryPublisher {
 
     /// Up to `max` messages from `offset` on, waiting up to `wait` for at least one.
     pub async fn read_from(&self, offset: usize, max: usize, wait: Duration) -> Vec<OutboxMessage> {
+        self.wait_for(wait, |log| {
+            let end = log.len().min(offset.saturating_add(max));
+            (end > offset).then(|| log[offset..end].to_vec())
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Evaluates `ready` on the log now and after every append, until it returns
+    /// `Some` or `wait` runs out (then `None`).
+    async fn wait_for<T>(
+        &self,
+        wait: Duration,
+        ready: impl Fn(&[OutboxMessage]) -> Option<T>,
+    ) -> Option<T> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = self.appended.notified();
-            {
-                let log = self.lock();
-                if log.len() > offset {
-                    let end = log.len().min(offset.saturating_add(max));
-                    return log[offset..end].to_vec();
-                }
+            // Register before looking, so an append between the look and the wait
+            // still wakes us.
+            let appended = self.appended.notified();
+            if let Some(found) = ready(&self.lock()) {
+                return Some(found);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Vec::new();
+            if tokio::time::timeout_at(deadline, appended).await.is_err() {
+                return None;
             }
         }
     }
@@ -91,18 +104,21 @@ impl Publisher for InMemoryPublisher {
 #[async_trait]
 impl PublishedReader for InMemoryPublisher {
     async fn read(&self, topic: &str, count: usize, timeout: Duration) -> Vec<ReceivedMessage> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.appended.notified();
-            let got: Vec<ReceivedMessage> = self
-                .lock()
-                .iter()
+        let on_topic = |log: &[OutboxMessage]| -> Vec<ReceivedMessage> {
+            log.iter()
                 .filter(|m| m.topic == topic)
                 .map(ReceivedMessage::from_message)
-                .collect();
-            if got.len() >= count || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return got;
-            }
+                .collect()
+        };
+        match self
+            .wait_for(timeout, |log| {
+                Some(on_topic(log)).filter(|got| got.len() >= count)
+            })
+            .await
+        {
+            Some(got) => got,
+            // Timed out: return what did arrive, so the caller's assertion shows it.
+            None => on_topic(&self.lock()),
         }
     }
 }
