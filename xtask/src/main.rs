@@ -3,13 +3,18 @@
 //! Run `cargo xtask --help` for the list of commands. The alias lives in
 //! `.cargo/config.toml`. This crate keeps its dependencies to `anyhow` and the
 //! standard library so that it builds in seconds on a fresh clone; every step
-//! shells out to `cargo` through [`std::process::Command`].
+//! shells out to `cargo` through [`std::process::Command`], and the test
+//! servers come from the distribution's packages (see [`backends`]).
+
+mod backends;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
+
+use crate::backends::Backends;
 
 const USAGE: &str = "\
 cargo xtask: chores for the outbox-rs workspace
@@ -18,9 +23,20 @@ USAGE:
     cargo xtask <COMMAND> [ARGS...]
 
 COMMANDS:
-    test [ARGS...]  run the whole workspace test suite, then the doctests;
-                    ARGS go to the test runner (cargo nextest run, or cargo test
-                    when nextest is not installed)
+    test [--no-backends] [ARGS...]
+                    start PostgreSQL and MariaDB on 127.0.0.1 (installing them
+                    with apt-get first when missing and running as root), run
+                    the whole workspace test suite, then the doctests, then stop
+                    the servers; ARGS go to the test runner (cargo nextest run,
+                    or cargo test when nextest is not installed)
+        --no-backends   start no servers: the tests that need them skip (or
+                        fail, under CI)
+    backends start [--dir DIR]
+                    start both servers in DIR (default target/xtask-backends/dev)
+                    and leave them running; prints their `export ...` lines
+                    (also in DIR/env) for `cargo nextest run -p ...`
+    backends stop [--dir DIR]
+                    stop the servers `backends start` left in DIR
     ci              cargo fmt --check, cargo clippy -D warnings, then `test`
     migrate         apply the outbox schema migrations (not available yet)
     bench           run the benchmarks (not available yet)
@@ -29,6 +45,10 @@ COMMANDS:
 ENVIRONMENT:
     CI              when set (and not \"false\" or \"0\"), `test` uses the nextest
                     profile `ci` instead of `default`
+    OUTBOX_TEST_POSTGRES_URL, OUTBOX_TEST_MYSQL_URL
+                    the admin URLs the tests create their databases through;
+                    `test` sets them for the servers it starts, and starts no
+                    server for a variable that is already set
 ";
 
 /// Exit code for commands that exist but cannot run yet, and for usage errors.
@@ -56,6 +76,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "test" => test(rest).map(|()| ExitCode::SUCCESS),
+        "backends" => {
+            let workspace = Workspace::locate()?;
+            backends::command(rest, &workspace.root).map(|()| ExitCode::SUCCESS)
+        }
         "ci" => {
             no_extra_args("ci", rest)?;
             ci().map(|()| ExitCode::SUCCESS)
@@ -86,11 +110,16 @@ fn no_extra_args(command: &str, rest: &[String]) -> Result<()> {
 /// `cargo xtask test`: everything a contributor must run before pushing.
 fn test(extra_args: &[String]) -> Result<()> {
     let workspace = Workspace::locate()?;
+    let args = TestArgs::parse(extra_args);
 
-    // Start backends here. Later issues start PostgreSQL, MariaDB, Kafka and
-    // Pulsar on 127.0.0.1, export their URLs (`DATABASE_URL` style) to the
-    // test processes, and stop them when the tests finish. Nothing to start
-    // yet: today every test runs in memory.
+    // Real PostgreSQL and MariaDB servers for the storage tests. The guard
+    // stops them and deletes their directory however this function returns;
+    // its watchdog does the same if xtask is killed (Ctrl-C).
+    let backends = if args.start_backends {
+        Backends::for_tests(&workspace.root)?
+    } else {
+        Backends::none()
+    };
 
     let mut failures = Vec::new();
 
@@ -106,7 +135,8 @@ fn test(extra_args: &[String]) -> Result<()> {
         cmd.args(["test", "--workspace", "--all-targets"]);
         cmd
     };
-    tests.args(extra_args);
+    tests.args(&args.runner_args);
+    tests.envs(backends.env().iter().cloned());
     if let Err(err) = step("tests", &mut tests) {
         failures.push(err);
     }
@@ -116,9 +146,13 @@ fn test(extra_args: &[String]) -> Result<()> {
     // `--all-targets`.
     let mut doctests = workspace.cargo();
     doctests.args(["test", "--workspace", "--doc"]);
+    doctests.envs(backends.env().iter().cloned());
     if let Err(err) = step("doctests", &mut doctests) {
         failures.push(err);
     }
+
+    // Stop the servers before the verdict, so that it comes last.
+    drop(backends);
 
     if failures.is_empty() {
         println!("\n[xtask] all tests passed");
@@ -126,6 +160,39 @@ fn test(extra_args: &[String]) -> Result<()> {
     } else {
         let summary: Vec<String> = failures.iter().map(|err| format!("  {err:#}")).collect();
         bail!("{} step(s) failed:\n{}", failures.len(), summary.join("\n"))
+    }
+}
+
+/// The arguments of `cargo xtask test`.
+#[derive(Debug, PartialEq, Eq)]
+struct TestArgs {
+    start_backends: bool,
+    /// Everything else, for the test runner.
+    runner_args: Vec<String>,
+}
+
+impl TestArgs {
+    /// Takes out `--no-backends`, before any `--` (what follows `--` belongs
+    /// to the test binaries). `-h`/`--help` also starts no server: the
+    /// runner only prints its help.
+    fn parse(args: &[String]) -> Self {
+        let split = args
+            .iter()
+            .position(|arg| arg == "--")
+            .unwrap_or(args.len());
+        let (ours, theirs) = args.split_at(split);
+        let no_backends = ours.iter().any(|arg| arg == "--no-backends");
+        let help = ours.iter().any(|arg| arg == "-h" || arg == "--help");
+        let runner_args = ours
+            .iter()
+            .filter(|arg| *arg != "--no-backends")
+            .chain(theirs)
+            .cloned()
+            .collect();
+        Self {
+            start_backends: !no_backends && !help,
+            runner_args,
+        }
     }
 }
 
@@ -246,6 +313,30 @@ mod tests {
         let mut cmd = Command::new("/usr/local/bin/cargo");
         cmd.args(["fmt", "--all"]);
         assert_eq!(command_line(&cmd), "cargo fmt --all");
+    }
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|arg| (*arg).to_owned()).collect()
+    }
+
+    #[test]
+    fn test_args_take_out_no_backends_before_the_double_dash() {
+        assert_eq!(
+            TestArgs::parse(&strings(&["-p", "outbox-core", "--no-backends"])),
+            TestArgs {
+                start_backends: false,
+                runner_args: strings(&["-p", "outbox-core"]),
+            }
+        );
+        assert_eq!(
+            TestArgs::parse(&strings(&["--", "--no-backends"])),
+            TestArgs {
+                start_backends: true,
+                runner_args: strings(&["--", "--no-backends"]),
+            }
+        );
+        assert!(TestArgs::parse(&[]).start_backends);
+        assert!(!TestArgs::parse(&strings(&["--help"])).start_backends);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - the [backoff policy](backoff::BackoffPolicy) that spaces out retries,
 //! - the [per-key ordering rule](ordering) that parks only a failing key,
 //! - the [compensation state machine](compensation) for failed batch items,
+//! - the [validation rules](validation) every store applies before writing a message,
 //! - [persistence strategies](strategy::PersistenceStrategy) and the validated
 //!   [route registry](routing::RouteRegistry).
 //!
@@ -27,6 +28,7 @@ pub mod message;
 pub mod ordering;
 pub mod routing;
 pub mod strategy;
+pub mod validation;
 
 pub use backoff::{BackoffPolicy, InvalidBackoff, Jitter};
 pub use compensation::{
@@ -42,3 +44,4 @@ pub use routing::{
     RoutesConfig, ServiceRoute, TopicName,
 };
 pub use strategy::PersistenceStrategy;
+pub use validation::{InvalidMessage, MessageLimits};

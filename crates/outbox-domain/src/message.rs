@@ -1,6 +1,6 @@
 //! The message envelope shared by producers, relays, brokers and consumers.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -131,7 +131,7 @@ pub struct OutboxMessage {
     pub payload: Payload,
     /// Free-form headers, delivered as broker headers or properties.
     pub headers: BTreeMap<String, String>,
-    /// When the outbox row was created.
+    /// When the outbox row was created (microsecond precision, like every store).
     pub created_at: DateTime<Utc>,
     /// When the business event happened (defaults to `created_at`).
     pub occurred_at: DateTime<Utc>,
@@ -152,6 +152,9 @@ impl OutboxMessage {
         payload: Payload,
         now: DateTime<Utc>,
     ) -> Self {
+        // Every SQL backend keeps microseconds; so does the envelope, so that a message
+        // read back from any store equals the one written.
+        let now = now.trunc_subsecs(6);
         Self {
             id: MessageId::new_v7(now),
             service: service.into(),
@@ -181,7 +184,7 @@ impl OutboxMessage {
 
     /// Sets when the business event happened.
     pub fn with_occurred_at(mut self, at: DateTime<Utc>) -> Self {
-        self.occurred_at = at;
+        self.occurred_at = at.trunc_subsecs(6);
         self
     }
 

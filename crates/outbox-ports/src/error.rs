@@ -1,4 +1,4 @@
-use outbox_domain::{MessageId, TransitionError};
+use outbox_domain::{InvalidMessage, MessageId, TransitionError};
 
 /// The result type of every storage port.
 pub type StoreResult<T, E = StoreError> = std::result::Result<T, E>;
@@ -41,6 +41,16 @@ pub enum StoreError {
         /// Why the state machine refused.
         #[source]
         source: TransitionError,
+    },
+    /// A message broke a validation rule; nothing of the call was written (and the
+    /// caller's transaction, if one was passed, is still usable). Caller bug.
+    #[error("message {id} rejected: {source}")]
+    InvalidMessage {
+        /// The message.
+        id: MessageId,
+        /// The rule it broke.
+        #[source]
+        source: InvalidMessage,
     },
     /// Bad input, such as a zero batch size. Caller bug.
     #[error("invalid request: {0}")]

@@ -210,7 +210,9 @@ impl OutboxStats {
 ///   attempt; concurrent claims never return the same message.
 /// - **Settle** is a compare-and-set on the lease token: a stale token is reported in
 ///   [`SettleReport::lease_lost`] and changes nothing.
-/// - **Enqueue** is all or nothing and keeps the given order.
+/// - **Enqueue** is all or nothing and keeps the given order. Every message is checked
+///   with [`MessageLimits`](outbox_domain::MessageLimits) first; a bad one fails the call
+///   with [`StoreError::InvalidMessage`] and nothing is written.
 /// - Claim cost must not grow with the number of finished messages kept.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -254,4 +256,14 @@ pub trait MessageStore: Send + Sync {
 
     /// Counts for monitoring.
     async fn stats(&self) -> StoreResult<OutboxStats>;
+
+    /// The retention job: deletes up to `limit` published or consumed messages that were
+    /// published before `published_before`, oldest first. Dead letters and unfinished
+    /// messages are never deleted. Returns how many it deleted; call it again while it
+    /// returns `limit`.
+    async fn purge_finished(
+        &self,
+        published_before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64>;
 }

@@ -301,4 +301,12 @@ impl<S: MessageStore> MessageStore for FaultyStore<S> {
     async fn stats(&self) -> StoreResult<OutboxStats> {
         self.inner.stats().await
     }
+
+    async fn purge_finished(
+        &self,
+        published_before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        self.inner.purge_finished(published_before, limit).await
+    }
 }

@@ -6,9 +6,11 @@
 //! - Fault-injecting wrappers ([`FaultyPublisher`], [`FaultyStore`]) that fail N times,
 //!   fail permanently, fail for one key, or delay.
 //! - A [`ManualClock`] for deterministic retry and lease tests.
-//! - The **conformance suites** ([`conformance`]): one for the store port and one for
-//!   the publisher port. Every adapter crate runs them through
-//!   [`store_conformance_tests!`] and [`publisher_conformance_tests!`].
+//! - The **conformance suites** ([`conformance`]): one per port (message store,
+//!   publisher, inbox, cursor store, compensation store). Every adapter crate runs them
+//!   through [`store_conformance_tests!`], [`publisher_conformance_tests!`],
+//!   [`inbox_conformance_tests!`], [`cursor_conformance_tests!`] and
+//!   [`compensation_conformance_tests!`].
 //!
 //! This crate sits beside the adapters (`ports ← test-support`); it must not depend on
 //! the runtime, so runtime tests can use it without a cycle.

@@ -1,14 +1,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::{
-    BackoffPolicy, Delivery, DeliveryEvent, ErrorText, Lease, LeaseToken, MessageId, MessageStatus,
-    OutboxMessage, select_heads,
+    BackoffPolicy, Delivery, DeliveryEvent, ErrorText, Lease, LeaseToken, MessageId, MessageLimits,
+    MessageStatus, OutboxMessage, select_heads,
 };
 use outbox_ports::{
     ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
     Settlement, StoreError, StoreResult, StoredMessage,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use uuid::Uuid;
 
@@ -21,12 +21,14 @@ use uuid::Uuid;
 pub struct InMemoryStore {
     inner: Arc<Mutex<State>>,
     max_attempts: u32,
+    limits: MessageLimits,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Messages in write order; `seq` is the index plus one.
-    log: Vec<(OutboxMessage, Delivery)>,
+    /// Messages in write order, by index (`seq` minus one); purged messages are gone.
+    log: BTreeMap<usize, (OutboxMessage, Delivery)>,
+    next: usize,
     by_id: HashMap<MessageId, usize>,
     /// Indices of pending and in-flight messages.
     unfinished: BTreeSet<usize>,
@@ -49,7 +51,14 @@ impl InMemoryStore {
         Self {
             inner: Arc::default(),
             max_attempts: max_attempts.max(1),
+            limits: MessageLimits::default(),
         }
+    }
+
+    /// The same store, validating messages with `limits`.
+    pub fn with_limits(mut self, limits: MessageLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -59,13 +68,18 @@ impl InMemoryStore {
 
 impl State {
     fn stored(&self, idx: usize) -> StoredMessage {
-        let (message, delivery) = &self.log[idx];
+        let (message, delivery) = &self.log[&idx];
         StoredMessage::new(idx as u64 + 1, message.clone(), delivery.clone())
     }
 
     /// Applies `event` to the message at `idx`, keeping the unfinished index in step.
     fn apply(&mut self, idx: usize, event: DeliveryEvent, now: DateTime<Utc>) -> StoreResult<()> {
-        let (message, delivery) = &mut self.log[idx];
+        let Some((message, delivery)) = self.log.get_mut(&idx) else {
+            return Err(StoreError::NotFound {
+                what: "message",
+                id: format!("#{}", idx + 1),
+            });
+        };
         let next = delivery
             .apply(event, now)
             .map_err(|source| StoreError::Transition {
@@ -95,6 +109,11 @@ impl State {
 #[async_trait]
 impl MessageStore for InMemoryStore {
     async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
+        for m in &messages {
+            self.limits
+                .check(m)
+                .map_err(|source| StoreError::InvalidMessage { id: m.id, source })?;
+        }
         let mut state = self.lock();
         let mut seen = std::collections::HashSet::new();
         for m in &messages {
@@ -104,12 +123,13 @@ impl MessageStore for InMemoryStore {
         }
         let mut ids = Vec::with_capacity(messages.len());
         for m in messages {
-            let idx = state.log.len();
+            let idx = state.next;
+            state.next += 1;
             ids.push(m.id);
             state.by_id.insert(m.id, idx);
             state.unfinished.insert(idx);
             let delivery = Delivery::new(self.max_attempts, m.created_at);
-            state.log.push((m, delivery));
+            state.log.insert(idx, (m, delivery));
         }
         Ok(ids)
     }
@@ -122,7 +142,7 @@ impl MessageStore for InMemoryStore {
             state
                 .unfinished
                 .iter()
-                .map(|&i| (i, state.log[i].0.ordering_key(), &state.log[i].1)),
+                .map(|&i| (i, state.log[&i].0.ordering_key(), &state.log[&i].1)),
             now,
             request.limit,
         );
@@ -141,7 +161,7 @@ impl MessageStore for InMemoryStore {
                 },
                 now,
             )?;
-            let (message, delivery) = &state.log[idx];
+            let (message, delivery) = &state.log[&idx];
             claimed.push(ClaimedMessage {
                 message: message.clone(),
                 lease,
@@ -179,7 +199,7 @@ impl MessageStore for InMemoryStore {
                     retry_at: None,
                 },
             };
-            let owned = state.log[idx]
+            let owned = state.log[&idx]
                 .1
                 .lease
                 .as_ref()
@@ -200,7 +220,7 @@ impl MessageStore for InMemoryStore {
             .unfinished
             .iter()
             .copied()
-            .filter(|&i| state.log[i].1.lease_expired(now))
+            .filter(|&i| state.log[&i].1.lease_expired(now))
             .take(limit)
             .collect();
         for &idx in &expired {
@@ -216,7 +236,7 @@ impl MessageStore for InMemoryStore {
             let Some(&idx) = state.by_id.get(&id) else {
                 continue;
             };
-            let status = state.log[idx].1.status;
+            let status = state.log[&idx].1.status;
             if matches!(status, MessageStatus::Consumed | MessageStatus::Dead) {
                 continue;
             }
@@ -233,7 +253,7 @@ impl MessageStore for InMemoryStore {
             let Some(&idx) = state.by_id.get(&id) else {
                 continue;
             };
-            if state.log[idx].1.status == MessageStatus::Dead {
+            if state.log[&idx].1.status == MessageStatus::Dead {
                 state.apply(idx, DeliveryEvent::Replay, now)?;
                 changed += 1;
             }
@@ -257,10 +277,12 @@ impl MessageStore for InMemoryStore {
         let start = filter
             .after_seq
             .map_or(0, |s| usize::try_from(s).unwrap_or(usize::MAX));
-        Ok((start..state.log.len())
-            .filter(|&i| filter.status.is_none_or(|s| state.log[i].1.status == s))
+        Ok(state
+            .log
+            .range(start..)
+            .filter(|(_, (_, d))| filter.status.is_none_or(|s| d.status == s))
             .take(filter.limit)
-            .map(|i| state.stored(i))
+            .map(|(&i, _)| state.stored(i))
             .collect())
     }
 
@@ -268,14 +290,17 @@ impl MessageStore for InMemoryStore {
         let state = self.lock();
         let mut counts: HashMap<MessageStatus, u64> = HashMap::new();
         let mut retrying = 0;
-        for (_, d) in &state.log {
+        for (_, d) in state.log.values() {
             *counts.entry(d.status).or_default() += 1;
             if d.status == MessageStatus::Pending && d.attempts > 0 {
                 retrying += 1;
             }
         }
         let count = |s| counts.get(&s).copied().unwrap_or(0);
-        let oldest = state.unfinished.first().map(|&i| state.log[i].0.created_at);
+        let oldest = state
+            .unfinished
+            .first()
+            .map(|&i| state.log[&i].0.created_at);
         Ok(OutboxStats::new(
             count(MessageStatus::Pending) - retrying,
             retrying,
@@ -285,5 +310,29 @@ impl MessageStore for InMemoryStore {
             count(MessageStatus::Dead),
             oldest,
         ))
+    }
+
+    async fn purge_finished(
+        &self,
+        published_before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let doomed: Vec<usize> = state
+            .log
+            .iter()
+            .filter(|(_, (_, d))| {
+                matches!(d.status, MessageStatus::Published | MessageStatus::Consumed)
+                    && d.published_at.is_some_and(|at| at < published_before)
+            })
+            .map(|(&i, _)| i)
+            .take(limit)
+            .collect();
+        for idx in &doomed {
+            if let Some((m, _)) = state.log.remove(idx) {
+                state.by_id.remove(&m.id);
+            }
+        }
+        Ok(doomed.len() as u64)
     }
 }

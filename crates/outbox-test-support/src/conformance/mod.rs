@@ -1,13 +1,21 @@
 //! Conformance suites: the contract of each port, written once, run against every
 //! adapter.
 //!
+//! | Port | Suite | Macro |
+//! |---|---|---|
+//! | [`MessageStore`](outbox_ports::MessageStore) | [`store`] | [`store_conformance_tests!`](crate::store_conformance_tests) |
+//! | [`Publisher`](outbox_ports::Publisher) | [`publisher`] | [`publisher_conformance_tests!`](crate::publisher_conformance_tests) |
+//! | [`Inbox`](outbox_ports::Inbox) | [`inbox`] | [`inbox_conformance_tests!`](crate::inbox_conformance_tests) |
+//! | [`CursorStore`](outbox_ports::CursorStore) | [`cursor`] | [`cursor_conformance_tests!`](crate::cursor_conformance_tests) |
+//! | [`CompensationStore`](outbox_ports::CompensationStore) | [`compensation`] | [`compensation_conformance_tests!`](crate::compensation_conformance_tests) |
+//!
 //! An adapter crate runs a suite by invoking its macro inside a test module, with an
 //! async factory that builds a fresh, empty adapter for the named test case (so each
 //! case can get its own database schema or topic and cases can run in parallel):
 //!
 //! ```
 //! mod conformance {
-//!     use outbox_test_support::{InMemoryStore, InMemoryPublisher};
+//!     use outbox_test_support::{InMemoryStore, InMemoryPublisher, InMemoryInbox};
 //!
 //!     outbox_test_support::store_conformance_tests!(|_case: &'static str| async {
 //!         InMemoryStore::with_max_attempts(3)
@@ -17,13 +25,30 @@
 //!         let broker = InMemoryPublisher::new();
 //!         (broker.clone(), broker, format!("conformance.{case}"))
 //!     });
+//!
+//!     mod inbox {
+//!         outbox_test_support::inbox_conformance_tests!(|_case: &'static str| async {
+//!             super::InMemoryInbox::new()
+//!         });
+//!     }
 //! }
 //! # fn main() {}
 //! ```
 //!
+//! Each macro defines one function per case, named after the case, so invoke different
+//! suites in different modules when their case names could clash.
+//!
+//! The suites are written for real databases too: times are whole seconds (see
+//! [`store::t0`] and [`store::at`]), they never depend on the order of rows with equal
+//! timestamps beyond a documented tie-breaker, and every case expects a fresh, empty
+//! adapter.
+//!
 //! The generated tests use `#[tokio::test]`, so the calling crate needs `tokio` with
 //! the `macros` and `rt-multi-thread` features as a dev-dependency.
 
+pub mod compensation;
+pub mod cursor;
+pub mod inbox;
 pub mod publisher;
 pub mod store;
 
@@ -90,6 +115,8 @@ macro_rules! store_conformance_tests {
             consumed_and_stats,
             list_filters_and_pages,
             bad_claim_requests_are_rejected,
+            enqueue_rejects_invalid_messages,
+            purge_finished_keeps_dead_and_unfinished,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -124,6 +151,85 @@ macro_rules! publisher_conformance_tests {
             async fn $case() {
                 let (publisher, reader, topic) = ($factory)(stringify!($case)).await;
                 $crate::conformance::publisher::$case(&publisher, &reader, &topic).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per inbox conformance case.
+///
+/// `$factory` is a closure `|case: &'static str| async { inbox }` returning a fresh,
+/// empty [`Inbox`](outbox_ports::Inbox).
+#[macro_export]
+macro_rules! inbox_conformance_tests {
+    ($factory:expr) => {
+        $crate::inbox_conformance_tests!(@cases $factory;
+            first_then_duplicate,
+            groups_are_independent,
+            concurrent_records_yield_one_first,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let inbox = ($factory)(stringify!($case)).await;
+                $crate::conformance::inbox::$case(&inbox).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per cursor store conformance case.
+///
+/// `$factory` is a closure `|case: &'static str| async { store }` returning a fresh,
+/// empty [`CursorStore`](outbox_ports::CursorStore).
+#[macro_export]
+macro_rules! cursor_conformance_tests {
+    ($factory:expr) => {
+        $crate::cursor_conformance_tests!(@cases $factory;
+            load_of_unknown_is_none,
+            create_then_load,
+            save_with_current_version_moves_it,
+            stale_version_conflicts_and_changes_nothing,
+            create_and_move_mismatches_conflict,
+            concurrent_creates_one_wins,
+            concurrent_moves_one_wins,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = ($factory)(stringify!($case)).await;
+                $crate::conformance::cursor::$case(&store).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per compensation store conformance case.
+///
+/// `$factory` is a closure `|case: &'static str| async { store }` returning a fresh,
+/// empty [`CompensationStore`](outbox_ports::CompensationStore).
+#[macro_export]
+macro_rules! compensation_conformance_tests {
+    ($factory:expr) => {
+        $crate::compensation_conformance_tests!(@cases $factory;
+            record_and_list,
+            record_rejects_bad_input,
+            claim_due_reserves_oldest_due_first,
+            update_is_compare_and_set,
+            finished_items_are_never_claimed,
+            concurrent_claims_never_overlap,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = ($factory)(stringify!($case)).await;
+                $crate::conformance::compensation::$case(&store).await;
             }
         )*
     };

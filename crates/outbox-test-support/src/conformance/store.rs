@@ -1,14 +1,17 @@
 //! The [`MessageStore`] contract. Run it with
 //! [`store_conformance_tests!`](crate::store_conformance_tests); the store under test
-//! must give each message [`MAX_ATTEMPTS`] attempts.
+//! must give each message [`MAX_ATTEMPTS`] attempts and use the default
+//! [`MessageLimits`](outbox_domain::MessageLimits).
 //!
 //! Times are whole seconds after [`t0`] so that every database keeps them exactly.
 
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
-use outbox_domain::{ErrorText, MessageId, MessageStatus, OutboxMessage, Payload};
+use outbox_domain::validation::DEFAULT_MAX_PAYLOAD_BYTES;
+use outbox_domain::{ErrorText, InvalidMessage, MessageId, MessageStatus, OutboxMessage, Payload};
 use outbox_ports::{
-    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, Settlement, StoreError,
+    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, Settlement,
+    StoreError,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -638,5 +641,199 @@ pub async fn bad_claim_requests_are_rejected<S: MessageStore + ?Sized>(store: &S
         claim(store, 1, at(0)).await.len(),
         1,
         "a rejected request claimed nothing"
+    );
+}
+
+/// A batch holding one invalid message fails whole with
+/// [`StoreError::InvalidMessage`] naming that message, and writes nothing; the store
+/// stays usable. The store under test must use the default
+/// [`MessageLimits`](outbox_domain::MessageLimits) (a payload cap of
+/// [`DEFAULT_MAX_PAYLOAD_BYTES`]).
+pub async fn enqueue_rejects_invalid_messages<S: MessageStore + ?Sized>(store: &S) {
+    let mut empty_topic = message("bad", 1);
+    empty_topic.topic = String::new();
+    let mut too_large = message("bad", 4);
+    too_large.payload = Payload::Bytes {
+        content_type: "application/octet-stream".into(),
+        data: vec![b'x'; DEFAULT_MAX_PAYLOAD_BYTES + 1],
+    };
+    type Rule = fn(&InvalidMessage) -> bool;
+    let cases: [(&str, OutboxMessage, Rule); 4] = [
+        ("empty topic", empty_topic, |e| {
+            matches!(e, InvalidMessage::Topic(_))
+        }),
+        (
+            "header name with a space",
+            message("bad", 2).with_header("bad name", "v"),
+            |e| matches!(e, InvalidMessage::HeaderName(n) if n == "bad name"),
+        ),
+        (
+            "reserved header name",
+            message("bad", 3).with_header("outbox-message-id", "forged"),
+            |e| matches!(e, InvalidMessage::HeaderName(n) if n == "outbox-message-id"),
+        ),
+        ("payload over the default limit", too_large, |e| {
+            matches!(e, InvalidMessage::PayloadTooLarge { size, .. }
+                if *size == DEFAULT_MAX_PAYLOAD_BYTES + 1)
+        }),
+    ];
+    for (kind, bad, rule) in cases {
+        let valid = message("good", 0);
+        let err = store
+            .enqueue(vec![valid.clone(), bad.clone()])
+            .await
+            .expect_err(kind);
+        match &err {
+            StoreError::InvalidMessage { id, source } => {
+                assert_eq!(*id, bad.id, "{kind}: the error names the bad message");
+                assert!(rule(source), "{kind}: wrong rule {source:?}");
+            }
+            other => panic!("{kind}: expected InvalidMessage, got {other:?}"),
+        }
+        assert!(
+            store.get(valid.id).await.expect("get").is_none(),
+            "{kind}: the valid message of the failed batch was not kept"
+        );
+        assert!(store.get(bad.id).await.expect("get").is_none(), "{kind}");
+    }
+    assert_eq!(
+        store.stats().await.expect("stats"),
+        OutboxStats::default(),
+        "rejected batches wrote nothing"
+    );
+    let all = store
+        .list(&ListFilter {
+            status: None,
+            after_seq: None,
+            limit: 100,
+        })
+        .await
+        .expect("list");
+    assert!(all.is_empty(), "rejected batches wrote nothing: {all:?}");
+
+    let valid = message("good", 0);
+    assert_eq!(
+        store.enqueue(vec![valid.clone()]).await.expect("enqueue"),
+        vec![valid.id],
+        "the store still accepts valid messages"
+    );
+    assert_eq!(status(store, valid.id).await, MessageStatus::Pending);
+}
+
+/// Retention deletes published and consumed messages published strictly before the
+/// cutoff, at most `limit` per call, oldest first in write order; dead letters and
+/// unfinished messages are kept, and the kept ones still work.
+pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(store: &S) {
+    // m0..m6 get claimed; p7, p8 are enqueued later and never claimed.
+    let m: Vec<_> = (0..7).map(|n| message(&format!("k{n}"), n)).collect();
+    store.enqueue(m.clone()).await.expect("enqueue");
+    let claimed = claim(store, 10, at(0)).await;
+    assert_eq!(claimed.len(), m.len(), "every key has one message");
+    let by_id: HashMap<MessageId, &ClaimedMessage> =
+        claimed.iter().map(|c| (c.message.id, c)).collect();
+    let c = |i: usize| by_id[&m[i].id];
+    let dead = Disposition::Dead {
+        error: ErrorText::new("rejected"),
+    };
+    store
+        .settle(
+            vec![
+                settle(c(0), Disposition::Published),
+                settle(c(1), dead),
+                settle(c(2), Disposition::Published),
+                settle(c(3), Disposition::Published),
+                // m4 stays in flight.
+                settle(c(5), Disposition::Published),
+                settle(c(6), retry_at(1000)),
+            ],
+            at(10),
+        )
+        .await
+        .expect("settle");
+    assert_eq!(
+        store
+            .mark_consumed(&[m[2].id], at(11))
+            .await
+            .expect("consume"),
+        1
+    );
+    let p: Vec<_> = (7..9).map(|n| message(&format!("k{n}"), n)).collect();
+    store.enqueue(p.clone()).await.expect("enqueue");
+
+    // Purgeable: m0, m2 (consumed), m3, m5, all published at at(10).
+    assert_eq!(
+        store.purge_finished(at(5), 100).await.expect("purge"),
+        0,
+        "nothing was published before the cutoff"
+    );
+    assert_eq!(
+        store.purge_finished(at(10), 100).await.expect("purge"),
+        0,
+        "the cutoff is exclusive"
+    );
+    assert_eq!(store.stats().await.expect("stats").published, 3);
+
+    assert_eq!(
+        store.purge_finished(at(20), 3).await.expect("purge"),
+        3,
+        "at most `limit` per call"
+    );
+    for gone in [0, 2, 3] {
+        assert!(
+            store.get(m[gone].id).await.expect("get").is_none(),
+            "m{gone} is among the 3 oldest finished and was purged"
+        );
+    }
+    assert_eq!(
+        status(store, m[5].id).await,
+        MessageStatus::Published,
+        "the youngest finished message waits for the next call"
+    );
+    assert_eq!(store.purge_finished(at(20), 3).await.expect("purge"), 1);
+    assert!(store.get(m[5].id).await.expect("get").is_none());
+    assert_eq!(store.purge_finished(at(20), 3).await.expect("purge"), 0);
+
+    assert_eq!(status(store, m[1].id).await, MessageStatus::Dead);
+    assert_eq!(status(store, m[4].id).await, MessageStatus::InFlight);
+    assert_eq!(status(store, m[6].id).await, MessageStatus::Pending);
+    for q in &p {
+        assert_eq!(status(store, q.id).await, MessageStatus::Pending);
+    }
+    let s = store.stats().await.expect("stats");
+    assert_eq!(
+        (
+            s.pending,
+            s.retrying,
+            s.in_flight,
+            s.published,
+            s.consumed,
+            s.dead
+        ),
+        (2, 1, 1, 0, 0, 1)
+    );
+    let left = store
+        .list(&ListFilter {
+            status: None,
+            after_seq: None,
+            limit: 100,
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        left.iter().map(|s| s.message.id).collect::<Vec<_>>(),
+        vec![m[1].id, m[4].id, m[6].id, p[0].id, p[1].id],
+        "the survivors, in write order"
+    );
+
+    // What survived still works: the in-flight message settles, the pending ones flow.
+    let report = store
+        .settle(vec![settle(c(4), Disposition::Published)], at(21))
+        .await
+        .expect("settle");
+    assert_eq!((report.settled, report.lease_lost.len()), (1, 0));
+    let next = claim(store, 10, at(22)).await;
+    assert_eq!(
+        next.iter().map(|c| c.message.id).collect::<HashSet<_>>(),
+        p.iter().map(|m| m.id).collect::<HashSet<_>>()
     );
 }

@@ -1,0 +1,798 @@
+//! [`SeaOrmStore`]: the [`MessageStore`] on PostgreSQL, MySQL/MariaDB and SQLite.
+
+use crate::dialect::{Dialect, Sql, get, req};
+use crate::error::db_error;
+use crate::row::{self, ALL_COLUMNS, DELIVERY_COLUMNS, INSERT_COLUMNS};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox_domain::{
+    BackoffPolicy, Delivery, DeliveryEvent, ErrorText, Identifier, Lease, LeaseToken, MessageId,
+    MessageLimits, MessageStatus, OutboxMessage,
+};
+use outbox_ports::{
+    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
+    Settlement, StoreError, StoreResult, StoredMessage,
+};
+use sea_orm::{
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, IsolationLevel,
+    QueryResult, SqliteTransactionMode, TransactionOptions, TransactionSession, TransactionTrait,
+    Value,
+};
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+/// Rows per `INSERT` statement of a bulk enqueue. With 17 columns this stays well under
+/// every backend's bind-parameter limit (SQLite's 32 766 is the lowest).
+const INSERT_CHUNK: usize = 500;
+
+/// How a [`SeaOrmStore`] writes messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// The outbox table (default `outbox_messages`). Routing may give each service its
+    /// own table; use one store per table.
+    pub table: Identifier,
+    /// Attempts each message gets before it is dead (recorded per message at enqueue).
+    pub max_attempts: u32,
+    /// Validation limits applied at enqueue.
+    pub limits: MessageLimits,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            table: default_table(),
+            max_attempts: BackoffPolicy::default().max_attempts(),
+            limits: MessageLimits::default(),
+        }
+    }
+}
+
+fn default_table() -> Identifier {
+    match Identifier::parse("table", outbox_migrations::schema::OUTBOX_TABLE) {
+        Ok(t) => t,
+        Err(_) => unreachable!("the default table name is a valid identifier"),
+    }
+}
+
+impl StoreConfig {
+    /// The same configuration with another outbox table.
+    pub fn with_table(mut self, table: Identifier) -> Self {
+        self.table = table;
+        self
+    }
+
+    /// The same configuration with another attempt limit.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The same configuration with other validation limits.
+    pub fn with_limits(mut self, limits: MessageLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn validate(&self) -> StoreResult<()> {
+        if self.max_attempts == 0 || i32::try_from(self.max_attempts).is_err() {
+            return Err(StoreError::InvalidInput(format!(
+                "max_attempts must be between 1 and {}, got {}",
+                i32::MAX,
+                self.max_attempts
+            )));
+        }
+        if self.limits.max_payload_bytes == 0 {
+            return Err(StoreError::InvalidInput(
+                "max_payload_bytes must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The outbox on a sea-orm connection.
+///
+/// - [`enqueue_in`](Self::enqueue_in) writes messages inside the caller's transaction,
+///   so they commit or roll back with the business rows.
+/// - [`claim`](MessageStore::claim) takes a short transaction that picks due messages
+///   which are the first unfinished message of their (service, key), skips rows other
+///   relays are claiming (`FOR UPDATE SKIP LOCKED`; SQLite: an immediate transaction),
+///   and stamps a lease. Settling is a compare-and-set on the lease token.
+/// - Claims select by status, never by position, so a row whose transaction commits
+///   late is still delivered.
+///
+/// Cloning is cheap (the connection is a pool handle).
+#[derive(Debug, Clone)]
+pub struct SeaOrmStore {
+    db: DatabaseConnection,
+    dialect: Dialect,
+    config: StoreConfig,
+}
+
+impl SeaOrmStore {
+    /// A store on `db`. Fails with [`StoreError::InvalidInput`] on a bad configuration.
+    /// The tables must exist: run the migrations, or call
+    /// [`create_tables`](Self::create_tables).
+    pub fn new(db: DatabaseConnection, config: StoreConfig) -> StoreResult<Self> {
+        config.validate()?;
+        let dialect = Dialect::of(db.get_database_backend());
+        Ok(Self {
+            db,
+            dialect,
+            config,
+        })
+    }
+
+    /// The connection the store uses.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Applies the pending migrations, then creates this store's outbox table if it is
+    /// not the default one. For small deployments that opt in to creating the schema at
+    /// start-up; larger ones run `outbox migrate up` (or `cargo xtask migrate`) instead.
+    pub async fn create_tables(&self) -> StoreResult<()> {
+        use outbox_migrations::MigratorTrait;
+        outbox_migrations::Migrator::up(&self.db, None)
+            .await
+            .map_err(db_error)?;
+        if self.config.table.as_str() != outbox_migrations::schema::OUTBOX_TABLE {
+            for statement in outbox_migrations::schema::outbox_table(
+                self.db.get_database_backend(),
+                self.table(),
+            ) {
+                self.db
+                    .execute_unprepared(&statement)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn table(&self) -> &str {
+        self.config.table.as_str()
+    }
+
+    /// Writes `messages` as pending, in order, through `conn`: pass your own
+    /// transaction to commit them atomically with your business rows. Returns their ids.
+    ///
+    /// All or nothing: every message is validated first (a bad one fails with
+    /// [`StoreError::InvalidMessage`] before any SQL runs), and the insert runs inside a
+    /// savepoint, so a duplicate id ([`StoreError::DuplicateMessage`]) leaves your
+    /// transaction usable: you can still commit your business rows or roll back.
+    pub async fn enqueue_in<C>(
+        &self,
+        conn: &C,
+        messages: Vec<OutboxMessage>,
+    ) -> StoreResult<Vec<MessageId>>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        self.check(&messages)?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        // PostgreSQL aborts the whole transaction on any error, and a multi-statement
+        // insert must be atomic: both need a savepoint (or a transaction of its own when
+        // `conn` is a plain connection). A single statement elsewhere is atomic by itself.
+        let result = if self.dialect == Dialect::Postgres || messages.len() > INSERT_CHUNK {
+            let txn = conn.begin().await.map_err(db_error)?;
+            match self.insert(&txn, &messages).await {
+                Ok(()) => txn.commit().await.map_err(db_error),
+                Err(e) => {
+                    txn.rollback().await.map_err(db_error)?;
+                    Err(e)
+                }
+            }
+        } else {
+            self.insert(conn, &messages).await
+        };
+        match result {
+            Ok(()) => Ok(messages.iter().map(|m| m.id).collect()),
+            Err(StoreError::Conflict { .. }) => Err(self.duplicate(conn, &messages).await),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Validation that needs no database: the message rules and duplicate ids within
+    /// the batch.
+    fn check(&self, messages: &[OutboxMessage]) -> StoreResult<()> {
+        let mut seen = HashSet::with_capacity(messages.len());
+        for m in messages {
+            self.config
+                .limits
+                .check(m)
+                .map_err(|source| StoreError::InvalidMessage { id: m.id, source })?;
+            if !seen.insert(m.id) {
+                return Err(StoreError::DuplicateMessage(m.id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        messages: &[OutboxMessage],
+    ) -> StoreResult<()> {
+        for chunk in messages.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new(
+                self.dialect,
+                format!("INSERT INTO {} ({INSERT_COLUMNS}) VALUES ", self.table()),
+            );
+            for (i, m) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind_list(row::insert_values(
+                    self.dialect,
+                    m,
+                    self.config.max_attempts,
+                ));
+            }
+            conn.execute_raw(sql.build()).await.map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// Names the id that collided with a stored message.
+    async fn duplicate<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        messages: &[OutboxMessage],
+    ) -> StoreError {
+        let mut existing = HashSet::new();
+        for chunk in messages.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new(
+                self.dialect,
+                format!("SELECT seq, id FROM {} WHERE id IN ", self.table()),
+            );
+            sql.bind_list(
+                chunk
+                    .iter()
+                    .map(|m| self.dialect.uuid(Some(m.id.as_uuid()))),
+            );
+            match conn.query_all_raw(sql.build()).await {
+                Ok(rows) => {
+                    for r in &rows {
+                        if let Ok((_, id)) = row::seq_and_id(self.dialect, r) {
+                            existing.insert(id);
+                        }
+                    }
+                }
+                Err(e) => return db_error(e),
+            }
+        }
+        // A concurrent transaction may hold the colliding id uncommitted; name the first.
+        let id = messages
+            .iter()
+            .map(|m| m.id)
+            .find(|id| existing.contains(id))
+            .unwrap_or(messages[0].id);
+        StoreError::DuplicateMessage(id)
+    }
+
+    /// A transaction for a read-modify-write: read committed on the server databases
+    /// (no gap locks on MySQL), and an immediate write transaction on SQLite so that the
+    /// write lock is taken up front instead of failing to upgrade later.
+    async fn begin(&self) -> StoreResult<DatabaseTransaction> {
+        let options = match self.dialect {
+            Dialect::Sqlite => TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            },
+            _ => TransactionOptions {
+                isolation_level: Some(IsolationLevel::ReadCommitted),
+                access_mode: Some(AccessMode::ReadWrite),
+                ..TransactionOptions::default()
+            },
+        };
+        self.db.begin_with_options(options).await.map_err(db_error)
+    }
+
+    /// Reads the delivery state of the rows with these ids, locked for update, keyed by
+    /// id.
+    async fn lock_by_ids(
+        &self,
+        txn: &DatabaseTransaction,
+        ids: &[MessageId],
+    ) -> StoreResult<HashMap<MessageId, (i64, Delivery)>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new(
+                self.dialect,
+                format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM {} WHERE id IN ",
+                    self.table()
+                ),
+            );
+            sql.bind_list(chunk.iter().map(|id| self.dialect.uuid(Some(id.as_uuid()))));
+            sql.push(self.dialect.for_update());
+            for r in txn.query_all_raw(sql.build()).await.map_err(db_error)? {
+                let (seq, id) = row::seq_and_id(self.dialect, &r)?;
+                out.insert(id, (seq, row::delivery(self.dialect, &r)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a whole delivery state back to its row (which the caller has locked).
+    async fn write(&self, txn: &DatabaseTransaction, seq: i64, d: &Delivery) -> StoreResult<()> {
+        let dl = self.dialect;
+        let mut sql = Sql::new(dl, format!("UPDATE {} SET status = ", self.table()));
+        sql.bind(Value::String(Some(d.status.as_str().to_owned())))
+            .push(", attempts = ")
+            .bind(count(d.attempts))
+            .push(", max_attempts = ")
+            .bind(count(d.max_attempts))
+            .push(", next_attempt_at = ")
+            .bind(dl.time(Some(d.next_attempt_at)))
+            .push(", lease_owner = ")
+            .bind(Value::String(d.lease.as_ref().map(|l| l.owner.clone())))
+            .push(", lease_token = ")
+            .bind(dl.uuid(d.lease.as_ref().map(|l| l.token.as_uuid())))
+            .push(", lease_expires_at = ")
+            .bind(dl.time(d.lease.as_ref().map(|l| l.expires_at)))
+            .push(", last_error = ")
+            .bind(Value::String(
+                d.last_error.as_ref().map(|e| e.as_str().to_owned()),
+            ))
+            .push(", published_at = ")
+            .bind(dl.time(d.published_at))
+            .push(", consumed_at = ")
+            .bind(dl.time(d.consumed_at))
+            .push(" WHERE seq = ")
+            .bind(Value::BigInt(Some(seq)));
+        txn.execute_raw(sql.build()).await.map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Applies `event` to each id's row (skipping ids `wanted` refuses), in one
+    /// transaction. Returns how many rows changed; unknown ids are skipped.
+    async fn apply_each(
+        &self,
+        ids: &[MessageId],
+        now: DateTime<Utc>,
+        wanted: impl Fn(&Delivery) -> bool,
+        event: impl Fn() -> DeliveryEvent,
+    ) -> StoreResult<u64> {
+        let txn = self.begin().await?;
+        let rows = self.lock_by_ids(&txn, ids).await?;
+        let mut changed = 0;
+        for id in ids {
+            let Some((seq, delivery)) = rows.get(id) else {
+                continue;
+            };
+            if !wanted(delivery) {
+                continue;
+            }
+            let next = delivery
+                .apply(event(), now)
+                .map_err(|source| StoreError::Transition { id: *id, source })?;
+            self.write(&txn, *seq, &next).await?;
+            changed += 1;
+        }
+        txn.commit().await.map_err(db_error)?;
+        Ok(changed)
+    }
+
+    /// The claim on PostgreSQL: one statement, so one round trip.
+    async fn claim_postgres(
+        &self,
+        request: &ClaimRequest,
+        lease: &Lease,
+    ) -> StoreResult<Vec<QueryResult>> {
+        let t = self.table();
+        let dl = self.dialect;
+        let mut sql = Sql::new(dl, "WITH picked AS (");
+        self.push_candidates(&mut sql, request);
+        sql.push(&format!(
+            ") UPDATE {t} SET status = 'in_flight', attempts = {t}.attempts + 1, lease_owner = "
+        ))
+        .bind(Value::String(Some(lease.owner.clone())))
+        .push(", lease_token = ")
+        .bind(dl.uuid(Some(lease.token.as_uuid())))
+        .push(", lease_expires_at = ")
+        .bind(dl.time(Some(lease.expires_at)))
+        .push(&format!(
+            " FROM picked WHERE {t}.seq = picked.seq RETURNING {}",
+            qualified(t, ALL_COLUMNS)
+        ));
+        self.db.query_all_raw(sql.build()).await.map_err(db_error)
+    }
+
+    /// The claim on MySQL/MariaDB (which cannot update a table it selects from in a
+    /// subquery, and has no `UPDATE … RETURNING`) and SQLite: pick, stamp, read back, in
+    /// one short transaction.
+    async fn claim_in_steps(
+        &self,
+        request: &ClaimRequest,
+        lease: &Lease,
+    ) -> StoreResult<Vec<QueryResult>> {
+        let dl = self.dialect;
+        let txn = self.begin().await?;
+        let mut pick = Sql::new(dl, "");
+        self.push_candidates(&mut pick, request);
+        let seqs: Vec<Value> = txn
+            .query_all_raw(pick.build())
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
+            .collect::<StoreResult<_>>()?;
+        if seqs.is_empty() {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(Vec::new());
+        }
+        let mut stamp = Sql::new(
+            dl,
+            format!(
+                "UPDATE {} SET status = 'in_flight', attempts = attempts + 1, lease_owner = ",
+                self.table()
+            ),
+        );
+        stamp
+            .bind(Value::String(Some(lease.owner.clone())))
+            .push(", lease_token = ")
+            .bind(dl.uuid(Some(lease.token.as_uuid())))
+            .push(", lease_expires_at = ")
+            .bind(dl.time(Some(lease.expires_at)))
+            .push(" WHERE seq IN ")
+            .bind_list(seqs.clone());
+        txn.execute_raw(stamp.build()).await.map_err(db_error)?;
+        let mut read = Sql::new(
+            dl,
+            format!("SELECT {ALL_COLUMNS} FROM {} WHERE seq IN ", self.table()),
+        );
+        read.bind_list(seqs);
+        let rows = txn.query_all_raw(read.build()).await.map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(rows)
+    }
+
+    /// `SELECT seq` of the messages a claim may take: pending, due, attempts left, and
+    /// no earlier unfinished message of the same (service, key) nor any message of that
+    /// key in flight. Locked rows are skipped (another relay is claiming them).
+    fn push_candidates(&self, sql: &mut Sql, request: &ClaimRequest) {
+        let t = self.table();
+        sql.push(&format!(
+            "SELECT m.seq FROM {t} m WHERE m.status = 'pending' AND m.next_attempt_at <= "
+        ))
+        .bind(self.dialect.time(Some(request.now)))
+        .push(&format!(
+            " AND m.attempts < m.max_attempts AND NOT EXISTS (SELECT 1 FROM {t} e \
+             WHERE e.service = m.service AND e.partition_key = m.partition_key \
+             AND e.status IN ('pending', 'in_flight') \
+             AND (e.seq < m.seq OR e.status = 'in_flight')) \
+             ORDER BY m.next_attempt_at, m.seq LIMIT "
+        ))
+        .bind(Value::BigInt(Some(
+            i64::try_from(request.limit).unwrap_or(i64::MAX),
+        )))
+        .push(self.dialect.skip_locked());
+    }
+}
+
+/// `a, b` → `t.a, t.b`.
+fn qualified(table: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{table}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn count(n: u32) -> Value {
+    Value::Int(Some(i32::try_from(n).unwrap_or(i32::MAX)))
+}
+
+fn limit_value(limit: usize) -> Value {
+    Value::BigInt(Some(i64::try_from(limit).unwrap_or(i64::MAX)))
+}
+
+#[async_trait]
+impl MessageStore for SeaOrmStore {
+    async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
+        self.enqueue_in(&self.db, messages).await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>> {
+        request.validate()?;
+        let lease = Lease {
+            owner: request.owner.clone(),
+            token: LeaseToken::from_uuid(Uuid::new_v4()),
+            expires_at: request.lease_expires_at(),
+        };
+        let rows = match self.dialect {
+            Dialect::Postgres => self.claim_postgres(request, &lease).await?,
+            _ => self.claim_in_steps(request, &lease).await?,
+        };
+        let mut claimed = rows
+            .iter()
+            .map(|r| row::stored(self.dialect, r))
+            .collect::<StoreResult<Vec<_>>>()?;
+        claimed.sort_by_key(|s| (s.delivery.next_attempt_at, s.seq));
+        Ok(claimed
+            .into_iter()
+            .map(|s| ClaimedMessage {
+                message: s.message,
+                lease: lease.clone(),
+                attempts: s.delivery.attempts,
+                max_attempts: s.delivery.max_attempts,
+            })
+            .collect())
+    }
+
+    async fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<SettleReport> {
+        if settlements.is_empty() {
+            return Ok(SettleReport::default());
+        }
+        let txn = self.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Losing this commit in a crash only re-publishes the messages, which
+            // at-least-once delivery allows and the consumer's inbox absorbs.
+            txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(db_error)?;
+        }
+        let ids: Vec<MessageId> = settlements.iter().map(|s| s.id).collect();
+        let rows = self.lock_by_ids(&txn, &ids).await?;
+        if let Some(missing) = ids.iter().find(|id| !rows.contains_key(id)) {
+            // Dropping the transaction rolls it back: nothing is recorded.
+            return Err(StoreError::NotFound {
+                what: "message",
+                id: missing.to_string(),
+            });
+        }
+        let mut report = SettleReport::default();
+        let mut published = Vec::new();
+        for s in settlements {
+            let (seq, delivery) = &rows[&s.id];
+            let owned = delivery.lease.as_ref().is_some_and(|l| l.token == s.token);
+            if !owned {
+                report.lease_lost.push(s.id);
+                continue;
+            }
+            let event = match s.disposition {
+                Disposition::Published => DeliveryEvent::Publish { token: s.token },
+                Disposition::Retry { error, at } => DeliveryEvent::Fail {
+                    token: s.token,
+                    error,
+                    retry_at: Some(at),
+                },
+                Disposition::Dead { error } => DeliveryEvent::Fail {
+                    token: s.token,
+                    error,
+                    retry_at: None,
+                },
+            };
+            let next = delivery
+                .apply(event, now)
+                .map_err(|source| StoreError::Transition { id: s.id, source })?;
+            if next.status == MessageStatus::Published {
+                // The common case, written for the whole batch in one statement below.
+                published.push(Value::BigInt(Some(*seq)));
+            } else {
+                self.write(&txn, *seq, &next).await?;
+            }
+            report.settled += 1;
+        }
+        for chunk in published.chunks(INSERT_CHUNK) {
+            let mut sql = Sql::new(
+                self.dialect,
+                format!(
+                    "UPDATE {} SET status = 'published', lease_owner = NULL, lease_token = NULL, \
+                     lease_expires_at = NULL, published_at = ",
+                    self.table()
+                ),
+            );
+            sql.bind(self.dialect.time(Some(now)))
+                .push(" WHERE seq IN ")
+                .bind_list(chunk.iter().cloned());
+            txn.execute_raw(sql.build()).await.map_err(db_error)?;
+        }
+        txn.commit().await.map_err(db_error)?;
+        Ok(report)
+    }
+
+    async fn release_expired(&self, now: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let txn = self.begin().await?;
+        let mut sql = Sql::new(
+            self.dialect,
+            format!(
+                "SELECT {DELIVERY_COLUMNS} FROM {} WHERE status = 'in_flight' \
+                 AND lease_expires_at <= ",
+                self.table()
+            ),
+        );
+        sql.bind(self.dialect.time(Some(now)))
+            .push(" ORDER BY lease_expires_at, seq LIMIT ")
+            .bind(limit_value(limit))
+            .push(self.dialect.skip_locked());
+        let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
+        for r in &rows {
+            let (seq, id) = row::seq_and_id(self.dialect, r)?;
+            let next = row::delivery(self.dialect, r)?
+                .apply(DeliveryEvent::ExpireLease, now)
+                .map_err(|source| StoreError::Transition { id, source })?;
+            self.write(&txn, seq, &next).await?;
+        }
+        txn.commit().await.map_err(db_error)?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn mark_consumed(&self, ids: &[MessageId], now: DateTime<Utc>) -> StoreResult<u64> {
+        self.apply_each(
+            ids,
+            now,
+            |d| !matches!(d.status, MessageStatus::Consumed | MessageStatus::Dead),
+            || DeliveryEvent::Consume,
+        )
+        .await
+    }
+
+    async fn replay_dead(&self, ids: &[MessageId], now: DateTime<Utc>) -> StoreResult<u64> {
+        self.apply_each(
+            ids,
+            now,
+            |d| d.status == MessageStatus::Dead,
+            || DeliveryEvent::Replay,
+        )
+        .await
+    }
+
+    async fn kill(&self, id: MessageId, reason: ErrorText, now: DateTime<Utc>) -> StoreResult<()> {
+        let txn = self.begin().await?;
+        let rows = self.lock_by_ids(&txn, &[id]).await?;
+        let (seq, delivery) = rows.get(&id).ok_or_else(|| StoreError::NotFound {
+            what: "message",
+            id: id.to_string(),
+        })?;
+        let next = delivery
+            .apply(DeliveryEvent::Kill { reason }, now)
+            .map_err(|source| StoreError::Transition { id, source })?;
+        self.write(&txn, *seq, &next).await?;
+        txn.commit().await.map_err(db_error)
+    }
+
+    async fn get(&self, id: MessageId) -> StoreResult<Option<StoredMessage>> {
+        let mut sql = Sql::new(
+            self.dialect,
+            format!("SELECT {ALL_COLUMNS} FROM {} WHERE id = ", self.table()),
+        );
+        sql.bind(self.dialect.uuid(Some(id.as_uuid())));
+        self.db
+            .query_one_raw(sql.build())
+            .await
+            .map_err(db_error)?
+            .map(|r| row::stored(self.dialect, &r))
+            .transpose()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<StoredMessage>> {
+        if filter.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(
+            self.dialect,
+            format!("SELECT {ALL_COLUMNS} FROM {} WHERE seq > ", self.table()),
+        );
+        let after = filter
+            .after_seq
+            .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        sql.bind(Value::BigInt(Some(after)));
+        if let Some(status) = filter.status {
+            sql.push(" AND status = ")
+                .bind(Value::String(Some(status.as_str().to_owned())));
+        }
+        sql.push(" ORDER BY seq LIMIT ")
+            .bind(limit_value(filter.limit));
+        self.db
+            .query_all_raw(sql.build())
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| row::stored(self.dialect, r))
+            .collect()
+    }
+
+    async fn stats(&self) -> StoreResult<OutboxStats> {
+        let t = self.table();
+        let counts = Sql::new(
+            self.dialect,
+            format!(
+                "SELECT status, CASE WHEN attempts > 0 THEN 1 ELSE 0 END AS retried, \
+                 COUNT(*) AS n FROM {t} GROUP BY status, CASE WHEN attempts > 0 THEN 1 ELSE 0 END"
+            ),
+        );
+        let mut by_status: HashMap<MessageStatus, u64> = HashMap::new();
+        let mut retrying = 0;
+        for r in self
+            .db
+            .query_all_raw(counts.build())
+            .await
+            .map_err(db_error)?
+        {
+            let status: String = req(get(&r, "status"), "status")?;
+            let status: MessageStatus = status
+                .parse()
+                .map_err(|e| crate::error::decode_error("status", e))?;
+            let retried = req(get::<i32>(&r, "retried"), "retried")? == 1;
+            let n = u64::try_from(req(get::<i64>(&r, "n"), "n")?).unwrap_or(0);
+            *by_status.entry(status).or_default() += n;
+            if status == MessageStatus::Pending && retried {
+                retrying += n;
+            }
+        }
+        // The oldest unfinished message: the first of each unfinished status by write
+        // order, each an index lookup on (status, seq).
+        let mut oldest: Option<(i64, DateTime<Utc>)> = None;
+        for status in [MessageStatus::Pending, MessageStatus::InFlight] {
+            let mut sql = Sql::new(
+                self.dialect,
+                format!("SELECT seq, created_at FROM {t} WHERE status = "),
+            );
+            sql.bind(Value::String(Some(status.as_str().to_owned())))
+                .push(" ORDER BY seq LIMIT 1");
+            if let Some(r) = self.db.query_one_raw(sql.build()).await.map_err(db_error)? {
+                let seq = req(get::<i64>(&r, "seq"), "seq")?;
+                let at = req(self.dialect.get_time(&r, "created_at"), "created_at")?;
+                if oldest.is_none_or(|(s, _)| seq < s) {
+                    oldest = Some((seq, at));
+                }
+            }
+        }
+        let count = |s| by_status.get(&s).copied().unwrap_or(0);
+        Ok(OutboxStats::new(
+            count(MessageStatus::Pending) - retrying,
+            retrying,
+            count(MessageStatus::InFlight),
+            count(MessageStatus::Published),
+            count(MessageStatus::Consumed),
+            count(MessageStatus::Dead),
+            oldest.map(|(_, at)| at),
+        ))
+    }
+
+    async fn purge_finished(
+        &self,
+        published_before: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let t = self.table();
+        let finished = "status IN ('published', 'consumed') AND published_at < ";
+        let mut sql = match self.dialect {
+            // MySQL cannot `LIMIT` an `IN (subquery)`, but has `DELETE … ORDER BY … LIMIT`.
+            Dialect::MySql => Sql::new(self.dialect, format!("DELETE FROM {t} WHERE {finished}")),
+            _ => Sql::new(
+                self.dialect,
+                format!("DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE {finished}"),
+            ),
+        };
+        sql.bind(self.dialect.time(Some(published_before)))
+            .push(" ORDER BY seq LIMIT ")
+            .bind(limit_value(limit));
+        if self.dialect != Dialect::MySql {
+            sql.push(")");
+        }
+        let result = self.db.execute_raw(sql.build()).await.map_err(db_error)?;
+        Ok(result.rows_affected())
+    }
+}

@@ -1,0 +1,101 @@
+//! The sea-orm adapters against real PostgreSQL, MariaDB/MySQL and SQLite.
+//!
+//! Every test gets a fresh database (server backends) or file, so tests run in
+//! parallel. The server URLs come from `OUTBOX_TEST_POSTGRES_URL` and
+//! `OUTBOX_TEST_MYSQL_URL`, which `cargo xtask test` sets after starting the servers;
+//! a test whose backend is not configured fails and says how to start it.
+
+#![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
+
+mod concurrency;
+mod conformance;
+mod enqueue;
+mod inbox;
+mod migrate;
+
+use outbox_sea_orm::{SeaOrmStore, StoreConfig};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A database backend under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL, from `OUTBOX_TEST_POSTGRES_URL`.
+    Postgres,
+    /// MariaDB or MySQL, from `OUTBOX_TEST_MYSQL_URL`.
+    MySql,
+    /// A SQLite file in the temp dir.
+    SqliteFile,
+    /// An in-memory SQLite database.
+    SqliteMemory,
+}
+
+impl Backend {
+    /// Every backend, for tests that loop over them.
+    pub const ALL: [Backend; 4] = [
+        Backend::Postgres,
+        Backend::MySql,
+        Backend::SqliteFile,
+        Backend::SqliteMemory,
+    ];
+
+    fn admin_url(self) -> Option<String> {
+        let var = match self {
+            Backend::Postgres => "OUTBOX_TEST_POSTGRES_URL",
+            Backend::MySql => "OUTBOX_TEST_MYSQL_URL",
+            _ => return None,
+        };
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => panic!(
+                "{var} is not set: run the tests with `cargo xtask test`, which starts \
+                 PostgreSQL and MariaDB on 127.0.0.1, or start them with \
+                 `cargo xtask backends start` and `source target/xtask-backends/dev/env`"
+            ),
+        }
+    }
+}
+
+/// A fresh, empty database of `backend` with the outbox schema, named after `case`.
+pub async fn fresh_db(backend: Backend, case: &str) -> DatabaseConnection {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "it_{}_{}_{}",
+        case.chars().take(30).collect::<String>(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let url = match backend {
+        Backend::SqliteMemory => "sqlite::memory:".to_owned(),
+        Backend::SqliteFile => {
+            let dir = std::env::temp_dir().join("outbox-sea-orm-it");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{name}.db"));
+            let _ = std::fs::remove_file(&path);
+            format!("sqlite:{}", path.display())
+        }
+        Backend::Postgres | Backend::MySql => {
+            let admin_url = backend.admin_url().unwrap();
+            let admin = outbox_sea_orm::connect(&admin_url).await.unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            let base = admin_url.rsplit_once('/').unwrap().0;
+            format!("{base}/{name}")
+        }
+    };
+    let db = outbox_sea_orm::connect(&url).await.unwrap();
+    SeaOrmStore::new(db.clone(), StoreConfig::default())
+        .unwrap()
+        .create_tables()
+        .await
+        .unwrap();
+    db
+}
+
+/// A store on a fresh database.
+pub async fn fresh_store(backend: Backend, case: &str, config: StoreConfig) -> SeaOrmStore {
+    SeaOrmStore::new(fresh_db(backend, case).await, config).unwrap()
+}
