@@ -160,6 +160,49 @@ impl SeaOrmStore {
         self.config.table.as_str()
     }
 
+    /// The database's plan for the claim's candidate query (`EXPLAIN`; on SQLite
+    /// `EXPLAIN QUERY PLAN`), one line per plan row, for checking that claims use the
+    /// claim indexes. With `analyze` on PostgreSQL the query runs (`EXPLAIN ANALYZE`,
+    /// inside a transaction that is rolled back) and the plan shows real timings.
+    pub async fn explain_claim(&self, limit: usize, analyze: bool) -> StoreResult<String> {
+        let prefix = match (self.dialect, analyze) {
+            (Dialect::Postgres, true) => "EXPLAIN (ANALYZE, BUFFERS) ",
+            (Dialect::Sqlite, _) => "EXPLAIN QUERY PLAN ",
+            _ => "EXPLAIN ",
+        };
+        let mut sql = Sql::new(self.dialect, prefix);
+        let request = ClaimRequest {
+            owner: "explain".into(),
+            limit: limit.max(1),
+            lease_for: std::time::Duration::from_secs(1),
+            now: Utc::now(),
+        };
+        self.push_candidates(&mut sql, &request);
+        let txn = self.begin().await?;
+        let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
+        txn.rollback().await.map_err(db_error)?;
+        let mut out = String::new();
+        for r in &rows {
+            let cells: Vec<String> = (0..r.column_names().len())
+                .map(|i| {
+                    r.try_get_by_index::<Option<String>>(i)
+                        .ok()
+                        .flatten()
+                        .or_else(|| {
+                            r.try_get_by_index::<Option<i64>>(i)
+                                .ok()
+                                .flatten()
+                                .map(|n| n.to_string())
+                        })
+                        .unwrap_or_else(|| "NULL".into())
+                })
+                .collect();
+            out.push_str(&cells.join(" | "));
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
     /// Writes `messages` as pending, in order, through `conn`: pass your own
     /// transaction to commit them atomically with your business rows. Returns their ids.
     ///

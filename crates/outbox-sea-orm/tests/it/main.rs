@@ -58,6 +58,27 @@ impl Backend {
 
 /// A fresh, empty database of `backend` with the outbox schema, named after `case`.
 pub async fn fresh_db(backend: Backend, case: &str) -> DatabaseConnection {
+    if backend == Backend::SqliteMemory {
+        // Each in-memory pool is a database of its own.
+        let db = outbox_sea_orm::connect("sqlite::memory:").await.unwrap();
+        migrate(&db).await;
+        return db;
+    }
+    let url = fresh_db_url(backend, case).await;
+    outbox_sea_orm::connect(&url).await.unwrap()
+}
+
+async fn migrate(db: &DatabaseConnection) {
+    SeaOrmStore::new(db.clone(), StoreConfig::default())
+        .unwrap()
+        .create_tables()
+        .await
+        .unwrap();
+}
+
+/// The URL of a fresh, empty database of `backend` with the outbox schema, for tests
+/// that open several pools on it (one per simulated host).
+pub async fn fresh_db_url(backend: Backend, case: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "it_{}_{}_{}",
@@ -66,7 +87,7 @@ pub async fn fresh_db(backend: Backend, case: &str) -> DatabaseConnection {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     let url = match backend {
-        Backend::SqliteMemory => "sqlite::memory:".to_owned(),
+        Backend::SqliteMemory => unreachable!("in-memory SQLite has no shareable URL"),
         Backend::SqliteFile => {
             let dir = std::env::temp_dir().join("outbox-sea-orm-it");
             std::fs::create_dir_all(&dir).unwrap();
@@ -87,12 +108,9 @@ pub async fn fresh_db(backend: Backend, case: &str) -> DatabaseConnection {
         }
     };
     let db = outbox_sea_orm::connect(&url).await.unwrap();
-    SeaOrmStore::new(db.clone(), StoreConfig::default())
-        .unwrap()
-        .create_tables()
-        .await
-        .unwrap();
-    db
+    migrate(&db).await;
+    db.close().await.unwrap();
+    url
 }
 
 /// A store on a fresh database.
