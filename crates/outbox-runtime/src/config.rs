@@ -50,6 +50,12 @@ pub struct RelayConfig {
     pub sweep_interval: Duration,
     /// How long shutdown waits for the batch in flight (default 15 s).
     pub drain_timeout: Duration,
+    /// How long published and consumed messages are kept before the sweeper deletes
+    /// them (default 7 days; `None` keeps them forever). Dead letters are never deleted.
+    pub retention: Option<Duration>,
+    /// Messages deleted per retention statement (default 1000), so that one sweep never
+    /// holds long locks. A sweep runs at most 10 such batches.
+    pub purge_batch: usize,
 }
 
 impl Default for RelayConfig {
@@ -65,6 +71,8 @@ impl Default for RelayConfig {
             max_error_len: DEFAULT_MAX_ERROR_LEN,
             sweep_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(15),
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            purge_batch: 1000,
         }
     }
 }
@@ -78,6 +86,7 @@ impl RelayConfig {
         for (name, n) in [
             ("batch_size", self.batch_size),
             ("concurrency", self.concurrency),
+            ("purge_batch", self.purge_batch),
         ] {
             if n == 0 {
                 return Err(ConfigError::Zero(name));
@@ -91,6 +100,11 @@ impl RelayConfig {
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if let Some(retention) = self.retention {
+            if retention.is_zero() || chrono::Duration::from_std(retention).is_err() {
+                return Err(ConfigError::ZeroDuration("retention"));
             }
         }
         if self.publish_timeout >= self.lease {

@@ -57,6 +57,8 @@ pub struct RelayCounters {
     pub lease_lost: AtomicU64,
     /// Expired leases returned to the pool by the sweeper.
     pub leases_released: AtomicU64,
+    /// Finished messages deleted by the retention policy.
+    pub purged: AtomicU64,
     /// Failed relay steps (store outages and the like).
     pub errors: AtomicU64,
 }
@@ -316,17 +318,35 @@ impl Relay {
         }
     }
 
-    /// Returns expired leases to the pool once. Returns how many were released.
+    /// Returns expired leases to the pool once, then applies the retention policy
+    /// (deletes finished messages older than [`RelayConfig::retention`] in bounded
+    /// batches). Returns how many leases were released.
     pub async fn sweep_once(&self) -> Result<u64, RelayError> {
+        let now = self.clock.now();
         let released = self
             .store
-            .release_expired(self.clock.now(), self.config.batch_size.max(100))
+            .release_expired(now, self.config.batch_size.max(100))
             .await?;
         if released > 0 {
             info!(released, "returned expired leases to the pool");
             self.counters
                 .leases_released
                 .fetch_add(released, Ordering::Relaxed);
+        }
+        if let Some(cutoff) = self
+            .config
+            .retention
+            .and_then(|r| chrono::Duration::from_std(r).ok())
+            .and_then(|r| now.checked_sub_signed(r))
+        {
+            let batch = self.config.purge_batch;
+            for _ in 0..10 {
+                let purged = self.store.purge_finished(cutoff, batch).await?;
+                self.counters.purged.fetch_add(purged, Ordering::Relaxed);
+                if purged < batch as u64 {
+                    break;
+                }
+            }
         }
         Ok(released)
     }

@@ -398,3 +398,51 @@ fn invalid_configuration_is_rejected_up_front() {
     .unwrap_err();
     assert_eq!(err, ConfigError::Zero("concurrency"));
 }
+
+#[tokio::test]
+async fn the_sweeper_deletes_finished_messages_after_the_retention_period() {
+    let clock = ManualClock::fixed();
+    let store = InMemoryStore::with_max_attempts(1);
+    let broker = InMemoryPublisher::new();
+    let publisher = FaultyPublisher::new(broker.clone());
+    let mut cfg = config(10);
+    cfg.retention = Some(Duration::from_secs(3600));
+    cfg.purge_batch = 2;
+    let relay = Relay::new(Arc::new(store.clone()), Arc::new(publisher.clone()), cfg)
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()));
+    let published: Vec<_> = (0..5)
+        .map(|i| msg(&format!("k{i}"), i, clock.now()))
+        .collect();
+    store.enqueue(published.clone()).await.unwrap();
+    assert_eq!(relay.run_once().await.unwrap().published, 5);
+    let dead = msg("dead", 0, clock.now());
+    store.enqueue(vec![dead.clone()]).await.unwrap();
+    publisher.fail_always(PublishErrorKind::Permanent);
+    assert_eq!(relay.run_once().await.unwrap().dead, 1);
+
+    relay.sweep_once().await.unwrap();
+    assert_eq!(
+        store.stats().await.unwrap().published,
+        5,
+        "kept within retention"
+    );
+    clock.advance(Duration::from_secs(3601));
+    relay.sweep_once().await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.published, stats.dead), (0, 1), "dead letters stay");
+    assert_eq!(
+        relay
+            .counters()
+            .purged
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+
+    let mut forever = config(10);
+    forever.retention = Some(Duration::ZERO);
+    assert_eq!(
+        forever.validate(),
+        Err(ConfigError::ZeroDuration("retention"))
+    );
+}
