@@ -43,8 +43,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, ConnectError> {
     let mut options = ConnectOptions::new(url.clone());
     options
         .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30));
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10));
     #[cfg(feature = "sqlite")]
     options.map_sqlx_sqlite_opts(|o| {
         o.create_if_missing(true)

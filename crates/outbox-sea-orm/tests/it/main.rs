@@ -10,6 +10,7 @@
 mod concurrency;
 mod conformance;
 mod enqueue;
+mod errors;
 mod inbox;
 mod migrate;
 
