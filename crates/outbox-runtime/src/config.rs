@@ -102,10 +102,8 @@ impl RelayConfig {
                 return Err(ConfigError::ZeroDuration(name));
             }
         }
-        if let Some(retention) = self.retention {
-            if retention.is_zero() || chrono::Duration::from_std(retention).is_err() {
-                return Err(ConfigError::ZeroDuration("retention"));
-            }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            return Err(ConfigError::ZeroDuration("retention"));
         }
         if self.publish_timeout >= self.lease {
             return Err(ConfigError::PublishOutlivesLease {
