@@ -2,7 +2,7 @@ use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::{
-    Delivery, ErrorText, Lease, LeaseToken, MessageId, MessageStatus, OutboxMessage,
+    Delivery, DeliveryEvent, ErrorText, Lease, LeaseToken, MessageId, MessageStatus, OutboxMessage,
 };
 use std::time::Duration;
 
@@ -116,6 +116,26 @@ pub struct Settlement {
     pub token: LeaseToken,
     /// What happened.
     pub disposition: Disposition,
+}
+
+impl Settlement {
+    /// The delivery event this settlement applies to the message's state.
+    pub fn event(self) -> DeliveryEvent {
+        let token = self.token;
+        match self.disposition {
+            Disposition::Published => DeliveryEvent::Publish { token },
+            Disposition::Retry { error, at } => DeliveryEvent::Fail {
+                token,
+                error,
+                retry_at: Some(at),
+            },
+            Disposition::Dead { error } => DeliveryEvent::Fail {
+                token,
+                error,
+                retry_at: None,
+            },
+        }
+    }
 }
 
 /// What a [`MessageStore::settle`] call did.

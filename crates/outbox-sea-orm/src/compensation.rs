@@ -1,16 +1,13 @@
 //! [`SeaOrmCompensationStore`]: durable compensation items for failed batch operations.
 
-use crate::dialect::{Dialect, Sql, get, req};
+use crate::dialect::{Dialect, Sql, begin_write, get, req};
 use crate::error::{db_error, decode_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::{CompensationItem, CompensationStatus, ErrorText, NewCompensationItem};
 use outbox_migrations::schema::COMPENSATION_TABLE;
 use outbox_ports::{CompensationFilter, CompensationStore, StoreError, StoreResult};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, IsolationLevel, QueryResult,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, Value};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -37,17 +34,7 @@ impl SeaOrmCompensationStore {
     }
 
     async fn begin(&self) -> StoreResult<DatabaseTransaction> {
-        let options = match self.dialect {
-            Dialect::Sqlite => TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            },
-            _ => TransactionOptions {
-                isolation_level: Some(IsolationLevel::ReadCommitted),
-                ..TransactionOptions::default()
-            },
-        };
-        self.db.begin_with_options(options).await.map_err(db_error)
+        begin_write(&self.db, self.dialect).await
     }
 
     fn item(&self, r: &QueryResult) -> StoreResult<CompensationItem> {

@@ -4,7 +4,10 @@
 use crate::error::{db_error, decode_error};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use outbox_ports::StoreResult;
-use sea_orm::{DbBackend, QueryResult, Statement, Value};
+use sea_orm::{
+    AccessMode, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, QueryResult,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+};
 use uuid::Uuid;
 
 /// The SQL dialect of a connection.
@@ -127,6 +130,27 @@ impl Dialect {
         text.map(|s| serde_json::from_str(&s).map_err(|e| decode_error(col, e)))
             .transpose()
     }
+}
+
+/// A transaction for a read-modify-write: read committed on the server databases (no
+/// gap locks on MySQL), and an immediate write transaction on SQLite, so that the write
+/// lock is taken up front instead of failing to upgrade later.
+pub(crate) async fn begin_write(
+    db: &DatabaseConnection,
+    dialect: Dialect,
+) -> StoreResult<DatabaseTransaction> {
+    let options = match dialect {
+        Dialect::Sqlite => TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        },
+        _ => TransactionOptions {
+            isolation_level: Some(IsolationLevel::ReadCommitted),
+            access_mode: Some(AccessMode::ReadWrite),
+            ..TransactionOptions::default()
+        },
+    };
+    db.begin_with_options(options).await.map_err(db_error)
 }
 
 /// A nullable column.

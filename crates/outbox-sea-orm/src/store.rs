@@ -1,6 +1,6 @@
 //! [`SeaOrmStore`]: the [`MessageStore`] on PostgreSQL, MySQL/MariaDB and SQLite.
 
-use crate::dialect::{Dialect, Sql, get, req};
+use crate::dialect::{Dialect, Sql, begin_write, get, req};
 use crate::error::db_error;
 use crate::row::{self, ALL_COLUMNS, DELIVERY_COLUMNS, INSERT_COLUMNS};
 use async_trait::async_trait;
@@ -10,13 +10,12 @@ use outbox_domain::{
     MessageLimits, MessageStatus, OutboxMessage,
 };
 use outbox_ports::{
-    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
-    Settlement, StoreError, StoreResult, StoredMessage,
+    ClaimRequest, ClaimedMessage, ListFilter, MessageStore, OutboxStats, SettleReport, Settlement,
+    StoreError, StoreResult, StoredMessage,
 };
 use sea_orm::{
-    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, IsolationLevel,
-    QueryResult, SqliteTransactionMode, TransactionOptions, TransactionSession, TransactionTrait,
-    Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, TransactionSession,
+    TransactionTrait, Value,
 };
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -322,22 +321,8 @@ impl SeaOrmStore {
         StoreError::DuplicateMessage(id)
     }
 
-    /// A transaction for a read-modify-write: read committed on the server databases
-    /// (no gap locks on MySQL), and an immediate write transaction on SQLite so that the
-    /// write lock is taken up front instead of failing to upgrade later.
     async fn begin(&self) -> StoreResult<DatabaseTransaction> {
-        let options = match self.dialect {
-            Dialect::Sqlite => TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            },
-            _ => TransactionOptions {
-                isolation_level: Some(IsolationLevel::ReadCommitted),
-                access_mode: Some(AccessMode::ReadWrite),
-                ..TransactionOptions::default()
-            },
-        };
-        self.db.begin_with_options(options).await.map_err(db_error)
+        begin_write(&self.db, self.dialect).await
     }
 
     /// Reads the delivery state of the rows with these ids, locked for update, keyed by
@@ -607,22 +592,10 @@ impl MessageStore for SeaOrmStore {
                 report.lease_lost.push(s.id);
                 continue;
             }
-            let event = match s.disposition {
-                Disposition::Published => DeliveryEvent::Publish { token: s.token },
-                Disposition::Retry { error, at } => DeliveryEvent::Fail {
-                    token: s.token,
-                    error,
-                    retry_at: Some(at),
-                },
-                Disposition::Dead { error } => DeliveryEvent::Fail {
-                    token: s.token,
-                    error,
-                    retry_at: None,
-                },
-            };
+            let id = s.id;
             let next = delivery
-                .apply(event, now)
-                .map_err(|source| StoreError::Transition { id: s.id, source })?;
+                .apply(s.event(), now)
+                .map_err(|source| StoreError::Transition { id, source })?;
             if next.status == MessageStatus::Published {
                 // The common case, written for the whole batch in one statement below.
                 published.push(Value::BigInt(Some(*seq)));

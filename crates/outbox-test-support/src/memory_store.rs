@@ -5,8 +5,8 @@ use outbox_domain::{
     MessageStatus, OutboxMessage, select_heads,
 };
 use outbox_ports::{
-    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
-    Settlement, StoreError, StoreResult, StoredMessage,
+    ClaimRequest, ClaimedMessage, ListFilter, MessageStore, OutboxStats, SettleReport, Settlement,
+    StoreError, StoreResult, StoredMessage,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -186,29 +186,18 @@ impl MessageStore for InMemoryStore {
             .collect::<StoreResult<Vec<_>>>()?;
         let mut report = SettleReport::default();
         for (s, idx) in settlements.into_iter().zip(indices) {
-            let event = match s.disposition {
-                Disposition::Published => DeliveryEvent::Publish { token: s.token },
-                Disposition::Retry { error, at } => DeliveryEvent::Fail {
-                    token: s.token,
-                    error,
-                    retry_at: Some(at),
-                },
-                Disposition::Dead { error } => DeliveryEvent::Fail {
-                    token: s.token,
-                    error,
-                    retry_at: None,
-                },
-            };
+            let (id, token) = (s.id, s.token);
+            let event = s.event();
             let owned = state.log[&idx]
                 .1
                 .lease
                 .as_ref()
-                .is_some_and(|l| l.token == s.token);
+                .is_some_and(|l| l.token == token);
             if owned {
                 state.apply(idx, event, now)?;
                 report.settled += 1;
             } else {
-                report.lease_lost.push(s.id);
+                report.lease_lost.push(id);
             }
         }
         Ok(report)
