@@ -7,7 +7,7 @@
 //!
 //! Apply it with `cargo xtask migrate up --database-url …`, with `outbox migrate`, or
 //! from code: `Migrator::up(&db, None)`. The migrations touch only the outbox-rs tables
-//! (and sea-orm's `seaql_migrations` bookkeeping table), never the application's own.
+//! (and their own bookkeeping table, [`MIGRATION_TABLE`]), never the application's own.
 
 pub mod schema;
 
@@ -15,6 +15,9 @@ mod m20261121_000001_create_outbox_tables;
 
 use sea_orm_migration::MigrationTrait;
 pub use sea_orm_migration::MigratorTrait;
+
+/// The table in which [`Migrator`] records applied migrations.
+pub const MIGRATION_TABLE: &str = "outbox_seaql_migrations";
 
 /// Applies the outbox-rs schema migrations, oldest first.
 ///
@@ -26,5 +29,12 @@ pub struct Migrator;
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![Box::new(m20261121_000001_create_outbox_tables::Migration)]
+    }
+
+    /// Our own bookkeeping table, so that an application that runs its own sea-orm
+    /// migrations (in `seaql_migrations`) in the same database never sees ours.
+    fn migration_table_name() -> sea_orm_migration::sea_orm::DynIden {
+        use sea_orm_migration::sea_query::{Alias, IntoIden};
+        Alias::new(MIGRATION_TABLE).into_iden()
     }
 }

@@ -14,7 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::backends::Backends;
+use crate::backends::{Backends, Kind};
 
 const USAGE: &str = "\
 cargo xtask: chores for the outbox-rs workspace
@@ -38,8 +38,19 @@ COMMANDS:
     backends stop [--dir DIR]
                     stop the servers `backends start` left in DIR
     ci              cargo fmt --check, cargo clippy -D warnings, then `test`
-    migrate         apply the outbox schema migrations (not available yet)
-    bench           run the benchmarks (not available yet)
+    migrate <up|down|status|fresh> --database-url URL [--steps N]
+                    apply (up: all, or N), roll back (down: 1, or N), list
+                    (status) or roll back all and re-apply (fresh) the outbox-rs
+                    schema migrations, through `cargo run -p outbox-cli --
+                    migrate`; fresh touches only the outbox tables, never the
+                    application's (`cargo xtask migrate help` for details)
+    bench [-- ARGS]
+                    start PostgreSQL and MariaDB (as `test` does), run the claim
+                    benchmark (example bench_claim of outbox-sea-orm) on each,
+                    then stop the servers; fails if a run fails or if claiming
+                    with 1M finished rows retained takes over 1.5x as long as
+                    with none; ARGS go to bench_claim (e.g. --finished 200000;
+                    `-- --help` lists them)
     help            print this text (also -h, --help)
 
 ENVIRONMENT:
@@ -84,14 +95,8 @@ fn run(args: &[String]) -> Result<ExitCode> {
             no_extra_args("ci", rest)?;
             ci().map(|()| ExitCode::SUCCESS)
         }
-        "migrate" => {
-            no_extra_args("migrate", rest)?;
-            Ok(migrate())
-        }
-        "bench" => {
-            no_extra_args("bench", rest)?;
-            Ok(bench())
-        }
+        "migrate" => migrate(rest),
+        "bench" => bench(rest).map(|()| ExitCode::SUCCESS),
         other => {
             eprintln!("error: unknown command `{other}`\n\n{USAGE}");
             Ok(ExitCode::from(EXIT_UNAVAILABLE))
@@ -218,23 +223,115 @@ fn ci() -> Result<()> {
     test(&[])
 }
 
-/// `cargo xtask migrate`: will apply `outbox-migrations` to `DATABASE_URL`.
-fn migrate() -> ExitCode {
-    // Fill in with the storage adapter (issue 3): read DATABASE_URL and run
-    // `outbox_migrations::Migrator::up`, through the CLI binary so that xtask
-    // keeps its dependency list short.
-    eprintln!(
-        "error: the storage adapter (issue 3) has not landed yet: there is no schema to migrate"
-    );
-    ExitCode::from(EXIT_UNAVAILABLE)
+/// `cargo xtask migrate ARGS`: `outbox migrate ARGS`, built and run by cargo so that
+/// xtask itself needs no database driver. Exits with the CLI's exit code.
+fn migrate(args: &[String]) -> Result<ExitCode> {
+    let workspace = Workspace::locate()?;
+    let mut cmd = migrate_command(&workspace, args);
+    let line = command_line(&cmd);
+    println!("[xtask] $ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{line}`"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }
 
-/// `cargo xtask bench`: will run the benchmarks.
-fn bench() -> ExitCode {
-    // Fill in with issue 9: start the backends as `test` does, then run
-    // `cargo bench` for the benchmark crate.
-    eprintln!("error: benchmarks arrive with issue 9");
-    ExitCode::from(EXIT_UNAVAILABLE)
+/// The `cargo run` of `outbox migrate ARGS`. It runs in the caller's directory, so a
+/// relative `sqlite:` path means the same as it would to `outbox` itself.
+fn migrate_command(workspace: &Workspace, args: &[String]) -> Command {
+    let mut cmd = workspace.cargo();
+    if let Ok(dir) = std::env::current_dir() {
+        cmd.current_dir(dir);
+    }
+    cmd.arg("run")
+        .arg("-q")
+        .arg("--manifest-path")
+        .arg(workspace.root.join("Cargo.toml"))
+        .args(["-p", "outbox-cli", "--", "migrate"])
+        .args(args);
+    cmd
+}
+
+/// `cargo xtask bench`: the claim benchmark (`crates/outbox-sea-orm/examples/
+/// bench_claim.rs`, method in docs/storage.md) on PostgreSQL and on MariaDB.
+///
+/// It runs in the dev profile: the benchmark compares two databases side by side in
+/// one run and reports their ratio, which the optimisation level does not change
+/// (and most of a claim's time is spent in the database server anyway).
+fn bench(args: &[String]) -> Result<()> {
+    let workspace = Workspace::locate()?;
+    let bench_args = bench_args(args);
+
+    // Build before starting the servers: a compile error starts nothing, and the
+    // runs below do not pay for the build.
+    let mut build = workspace.cargo();
+    build.args(["build", "-p", "outbox-sea-orm", "--example", "bench_claim"]);
+    step("build bench_claim", &mut build)?;
+
+    // Stopped (and their directory deleted) when the guard drops, as for `test`.
+    let backends = Backends::for_tests(&workspace.root)?;
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    for kind in Kind::ALL {
+        let var = kind.env_var();
+        let url = backends
+            .env()
+            .iter()
+            .find(|(name, _)| *name == var)
+            .map(|(_, url)| url.clone())
+            .or_else(|| std::env::var(var).ok().filter(|url| !url.is_empty()));
+        let Some(url) = url else {
+            failures.push(anyhow::anyhow!(
+                "no server for {}: {var} is empty",
+                kind.title()
+            ));
+            continue;
+        };
+        let mut run = workspace.cargo();
+        run.args([
+            "run",
+            "--quiet",
+            "-p",
+            "outbox-sea-orm",
+            "--example",
+            "bench_claim",
+        ]);
+        run.args(["--", "--database-url", &url]);
+        run.args(bench_args);
+        if let Err(err) = step(&format!("claim benchmark on {}", kind.title()), &mut run) {
+            failures.push(err);
+        }
+    }
+    let elapsed = started.elapsed();
+    drop(backends);
+
+    if failures.is_empty() {
+        println!(
+            "\n[xtask] benchmarks passed in {:.0}s (build and server start-up excluded)",
+            elapsed.as_secs_f64()
+        );
+        Ok(())
+    } else {
+        let summary: Vec<String> = failures.iter().map(|err| format!("  {err:#}")).collect();
+        bail!(
+            "{} benchmark(s) failed:\n{}",
+            failures.len(),
+            summary.join("\n")
+        )
+    }
+}
+
+/// The arguments of `cargo xtask bench` that go to `bench_claim`: all of them, less a
+/// leading `--`.
+fn bench_args(args: &[String]) -> &[String] {
+    match args.split_first() {
+        Some((first, rest)) if first == "--" => rest,
+        _ => args,
+    }
 }
 
 /// Where the workspace lives and which `cargo` drives it.
@@ -340,8 +437,28 @@ mod tests {
     }
 
     #[test]
-    fn migrate_and_bench_exit_with_code_2() {
-        assert_eq!(migrate(), ExitCode::from(EXIT_UNAVAILABLE));
-        assert_eq!(bench(), ExitCode::from(EXIT_UNAVAILABLE));
+    fn migrate_passes_its_arguments_to_outbox_migrate() {
+        let workspace = Workspace {
+            root: PathBuf::from("/src/outbox-rs"),
+            cargo: "cargo".into(),
+        };
+        let cmd = migrate_command(
+            &workspace,
+            &strings(&["up", "--steps", "1", "--database-url", "sqlite:app.db"]),
+        );
+        assert_eq!(
+            command_line(&cmd),
+            "cargo run -q --manifest-path /src/outbox-rs/Cargo.toml -p outbox-cli -- \
+             migrate up --steps 1 --database-url sqlite:app.db"
+        );
+    }
+
+    #[test]
+    fn bench_args_drop_a_leading_double_dash() {
+        let args = strings(&["--", "--finished", "200000"]);
+        assert_eq!(bench_args(&args), &args[1..]);
+        let args = strings(&["--finished", "200000"]);
+        assert_eq!(bench_args(&args), &args[..]);
+        assert!(bench_args(&[]).is_empty());
     }
 }

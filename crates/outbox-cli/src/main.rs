@@ -1,12 +1,14 @@
-//! The `outbox` command: the demo today; the relay daemon and admin tools join it as
-//! their issues land.
+//! The `outbox` command: the demo and the schema migrations today; the relay daemon
+//! and admin tools join it as their issues land.
 //!
 //! This crate is the top of the dependency graph (`… ← runtime ← cli`): it wires
 //! adapters to the runtime and owns nothing the library needs. Adapters that need
 //! system packages (rdkafka, pulsar) will be off-by-default cargo features here, so
 //! `cargo run -p outbox-cli -- demo` builds with the Rust toolchain alone.
 
+mod database;
 mod demo;
+mod migrate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,7 +25,12 @@ struct Cli {
 enum Command {
     /// Run an order service, relays and a consumer end to end and verify the result.
     Demo(demo::DemoArgs),
+    /// Apply, roll back or inspect the outbox-rs schema migrations.
+    Migrate(migrate::MigrateArgs),
 }
+
+/// Exit code of a database URL this build cannot use (a usage error, like clap's).
+const EXIT_BAD_URL: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -47,13 +54,24 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Migrate(args) => migrate::run(args).await,
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let bad_url = e.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<outbox_sea_orm::ConnectError>(),
+                    Some(outbox_sea_orm::ConnectError::UnsupportedUrl(_))
+                )
+            });
+            if bad_url {
+                ExitCode::from(EXIT_BAD_URL)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -19,7 +19,8 @@
 //!    probe meets published rows of the same key.
 //! 3. Rounds alternate A, B, A, B…: each is one `claim(--limit)`, timed alone with
 //!    `Instant`, then a `settle` of everything claimed as published (not timed). This
-//!    runs until the backlog is drained or `--rounds` rounds are done.
+//!    runs until the backlog is drained or `--rounds` rounds are done; the final
+//!    claim that finds nothing is not counted.
 //! 4. The report gives the median and p90 per database and the ratio B/A of the
 //!    medians. The exit code is 1 when that ratio exceeds `--max-ratio` (1.5).
 //!
@@ -53,6 +54,7 @@ OPTIONS:
     --limit N            messages per claim                  [default: 100]
     --rounds N           at most this many rounds            [default: until drained]
     --max-ratio X        fail above this median ratio B/A    [default: 1.5]
+    --keep               keep the databases (to look at plans), print their names
 ";
 
 /// The command line.
@@ -66,6 +68,7 @@ struct Args {
     limit: usize,
     rounds: Option<usize>,
     max_ratio: f64,
+    keep: bool,
 }
 
 impl Args {
@@ -79,11 +82,16 @@ impl Args {
             limit: 100,
             rounds: None,
             max_ratio: 1.5,
+            keep: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             if flag == "-h" || flag == "--help" {
                 return Ok(None);
+            }
+            if flag == "--keep" {
+                args.keep = true;
+                continue;
             }
             let (name, inline) = match flag.split_once('=') {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
@@ -190,7 +198,11 @@ async fn run(args: &Args) -> Result<bool, BoxError> {
         names: Vec::new(),
     };
     let outcome = bench(args, &mut dbs).await;
-    dbs.drop_all().await;
+    if args.keep {
+        println!("kept databases: {}", dbs.names.join(", "));
+    } else {
+        dbs.drop_all().await;
+    }
     dbs.admin.close().await?;
     outcome
 }
@@ -209,8 +221,14 @@ async fn bench(args: &Args, dbs: &mut Databases) -> Result<bool, BoxError> {
     let version = server_version(&dbs.admin).await?;
     println!("server: {version}");
     println!(
-        "finished rows in B: {}, live backlog: {} messages over {} keys, claim limit {}",
-        args.finished, args.pending, args.keys, args.limit
+        "finished rows in B: {} over {} keys ({:.0} per key), live backlog: {} messages \
+         over {} keys, claim limit {}",
+        args.finished,
+        args.history_keys,
+        args.finished as f64 / args.history_keys as f64,
+        args.pending,
+        args.keys,
+        args.limit
     );
 
     let pid = std::process::id();
@@ -266,9 +284,9 @@ async fn bench(args: &Args, dbs: &mut Databases) -> Result<bool, BoxError> {
         );
     }
 
-    let rounds = args
-        .rounds
-        .unwrap_or_else(|| args.pending.div_ceil(args.limit) + 1);
+    // Every round claims at least one message until the backlog is drained, so the
+    // default bound is never reached.
+    let rounds = args.rounds.unwrap_or(args.pending + 1);
     let mut round = 0;
     while round < rounds && sides.iter().any(|s| !s.drained) {
         for side in sides.iter_mut().filter(|s| !s.drained) {
@@ -286,7 +304,10 @@ async fn bench(args: &Args, dbs: &mut Databases) -> Result<bool, BoxError> {
         }
     }
 
-    println!("\nclaim latency ({rounds} rounds at most, A and B alternating):");
+    if sides.iter().any(|s| s.latencies.is_empty()) {
+        return Err("no claim was timed: --rounds must be at least 1".into());
+    }
+    println!("\nclaim latency (A and B alternating, {round} rounds):");
     println!(
         "{:<12} {:>10} {:>8} {:>9} {:>10} {:>10} {:>10}",
         "database", "history", "claims", "claimed", "median", "p90", "max"
@@ -336,11 +357,13 @@ async fn claim_round(side: &mut Side, limit: usize) -> Result<(), BoxError> {
     };
     let t = Instant::now();
     let claimed = side.store.claim(&request).await?;
-    side.latencies.push(t.elapsed());
+    let elapsed = t.elapsed();
     if claimed.is_empty() {
+        // The claim that finds the backlog drained is not a sample.
         side.drained = true;
         return Ok(());
     }
+    side.latencies.push(elapsed);
     side.claimed += claimed.len();
     let settlements = claimed
         .into_iter()

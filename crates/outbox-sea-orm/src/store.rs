@@ -448,13 +448,16 @@ impl SeaOrmStore {
         let txn = self.begin().await?;
         let mut pick = Sql::new(dl, "");
         self.push_candidates(&mut pick, request);
-        let seqs: Vec<Value> = txn
+        let mut seqs: Vec<Value> = txn
             .query_all_raw(pick.build())
             .await
             .map_err(db_error)?
             .iter()
             .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
             .collect::<StoreResult<_>>()?;
+        if dl == Dialect::MySql && !seqs.is_empty() {
+            seqs = self.still_heads(&txn, seqs).await?;
+        }
         if seqs.is_empty() {
             txn.commit().await.map_err(db_error)?;
             return Ok(Vec::new());
@@ -486,8 +489,8 @@ impl SeaOrmStore {
     }
 
     /// `SELECT seq` of the messages a claim may take: pending, due, attempts left, and
-    /// no earlier unfinished message of the same (service, key) nor any message of that
-    /// key in flight. Locked rows are skipped (another relay is claiming them).
+    /// heads of their key (see [`head_of_key`]). Locked rows are skipped (another relay
+    /// is claiming them).
     fn push_candidates(&self, sql: &mut Sql, request: &ClaimRequest) {
         let t = self.table();
         sql.push(&format!(
@@ -495,17 +498,53 @@ impl SeaOrmStore {
         ))
         .bind(self.dialect.time(Some(request.now)))
         .push(&format!(
-            " AND m.attempts < m.max_attempts AND NOT EXISTS (SELECT 1 FROM {t} e \
-             WHERE e.service = m.service AND e.partition_key = m.partition_key \
-             AND e.status IN ('pending', 'in_flight') \
-             AND (e.seq < m.seq OR e.status = 'in_flight')) \
-             ORDER BY m.next_attempt_at, m.seq LIMIT "
+            " AND m.attempts < m.max_attempts AND {} ORDER BY m.next_attempt_at, m.seq LIMIT ",
+            head_of_key(t)
         ))
-        .bind(Value::BigInt(Some(
-            i64::try_from(request.limit).unwrap_or(i64::MAX),
-        )))
+        .bind(limit_value(request.limit))
         .push(self.dialect.skip_locked());
     }
+
+    /// Of the locked candidates `seqs`, those that are still heads of their key when
+    /// read with a fresh snapshot.
+    ///
+    /// MySQL/MariaDB need this: a locking read sees the latest committed rows, but the
+    /// `NOT EXISTS` probe inside it reads the statement's snapshot, so two messages of a
+    /// key committed while the claim was scanning both look like heads. A new statement
+    /// under read committed sees them both and keeps only the first.
+    async fn still_heads(
+        &self,
+        txn: &DatabaseTransaction,
+        seqs: Vec<Value>,
+    ) -> StoreResult<Vec<Value>> {
+        let t = self.table();
+        let mut sql = Sql::new(
+            self.dialect,
+            format!("SELECT m.seq FROM {t} m WHERE m.seq IN "),
+        );
+        sql.bind_list(seqs)
+            .push(&format!(" AND {}", head_of_key(t)));
+        txn.query_all_raw(sql.build())
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
+            .collect()
+    }
+}
+
+/// The per-key rule as SQL over candidate `m`: no earlier pending message of its
+/// (service, key), and no message of that key in flight (earlier or, after an operator's
+/// replay or a late commit, later). Two probes rather than one with an `OR`, so that each
+/// is an index range: `(service, partition_key, seq)` bounded by `m.seq`, and the few
+/// rows in flight.
+fn head_of_key(t: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM {t} e WHERE e.service = m.service \
+         AND e.partition_key = m.partition_key AND e.status = 'pending' AND e.seq < m.seq) \
+         AND NOT EXISTS (SELECT 1 FROM {t} f WHERE f.service = m.service \
+         AND f.partition_key = m.partition_key AND f.status = 'in_flight')"
+    )
 }
 
 /// `a, b` → `t.a, t.b`.
@@ -793,21 +832,44 @@ impl MessageStore for SeaOrmStore {
             return Ok(0);
         }
         let t = self.table();
+        let dl = self.dialect;
         let finished = "status IN ('published', 'consumed') AND published_at < ";
-        let mut sql = match self.dialect {
-            // MySQL cannot `LIMIT` an `IN (subquery)`, but has `DELETE … ORDER BY … LIMIT`.
-            Dialect::MySql => Sql::new(self.dialect, format!("DELETE FROM {t} WHERE {finished}")),
-            _ => Sql::new(
-                self.dialect,
-                format!("DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE {finished}"),
+        // Oldest first in write order, walking the primary key: finished rows are the old
+        // ones, so a batch is found after few rows.
+        let (head, tail) = match dl {
+            Dialect::MySql => (format!("SELECT seq FROM {t} FORCE INDEX (PRIMARY)"), ""),
+            _ => (
+                format!("DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t}"),
+                ")",
             ),
         };
-        sql.bind(self.dialect.time(Some(published_before)))
+        let mut pick = Sql::new(dl, format!("{head} WHERE {finished}"));
+        pick.bind(dl.time(Some(published_before)))
             .push(" ORDER BY seq LIMIT ")
-            .bind(limit_value(limit));
-        if self.dialect != Dialect::MySql {
-            sql.push(")");
+            .bind(limit_value(limit))
+            .push(tail);
+        if dl != Dialect::MySql {
+            let result = self.db.execute_raw(pick.build()).await.map_err(db_error)?;
+            return Ok(result.rows_affected());
         }
+        // MySQL cannot `LIMIT` an `IN (subquery)`, and its `DELETE … ORDER BY … LIMIT`
+        // sorts the whole finished range: select the batch, then delete it (re-checking
+        // the condition; finished rows never become unfinished again).
+        let seqs: Vec<Value> = self
+            .db
+            .query_all_raw(pick.build())
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
+            .collect::<StoreResult<_>>()?;
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let mut sql = Sql::new(dl, format!("DELETE FROM {t} WHERE {finished}"));
+        sql.bind(dl.time(Some(published_before)))
+            .push(" AND seq IN ")
+            .bind_list(seqs);
         let result = self.db.execute_raw(sql.build()).await.map_err(db_error)?;
         Ok(result.rows_affected())
     }

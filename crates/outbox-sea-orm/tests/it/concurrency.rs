@@ -212,8 +212,111 @@ async fn out_of_order_commits_lose_nothing(backend: Backend) {
     assert_per_key_order(&published, &expected);
 }
 
+/// Keys written by streams of small transactions (5 messages of one key each) while
+/// relays claim, with a
+/// large parked key making each claim scan long: rows that commit *during* a claim's scan
+/// must not be handed out ahead of earlier rows of their key. (On MySQL/MariaDB a
+/// locking read sees rows committed after the statement's snapshot, which its `NOT
+/// EXISTS` probe does not; the claim re-checks its candidates to close that gap.)
+async fn rows_committed_during_a_claim_keep_their_key_order(backend: Backend) {
+    const WRITERS: u64 = 8;
+    const PER_WRITER: usize = 200;
+    let url = fresh_db_url(backend, "commit_during_claim").await;
+    let setup = host(&url).await;
+    // A parked key: its head failed and waits an hour; its 3 000 followers are pending
+    // but blocked, so every claim wades through them.
+    let now = Utc::now();
+    let parked: Vec<_> = (0..3_000)
+        .map(|i| {
+            OutboxMessage::new(
+                "orders",
+                "order.changed",
+                "orders.events",
+                "parked",
+                Payload::Json(serde_json::json!({ "n": i })),
+                now,
+            )
+        })
+        .collect();
+    for chunk in parked.chunks(2_000) {
+        setup.enqueue(chunk.to_vec()).await.unwrap();
+    }
+    let request = outbox_ports::ClaimRequest {
+        owner: "parker".into(),
+        limit: 1,
+        lease_for: Duration::from_secs(30),
+        now: Utc::now(),
+    };
+    let head = setup.claim(&request).await.unwrap().remove(0);
+    setup
+        .settle(
+            vec![outbox_ports::Settlement {
+                id: head.message.id,
+                token: head.lease.token,
+                disposition: outbox_ports::Disposition::Retry {
+                    error: outbox_domain::ErrorText::new("parked on purpose"),
+                    at: Utc::now() + chrono::Duration::hours(1),
+                },
+            }],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(host(&url).await);
+    }
+    let broker = InMemoryPublisher::new();
+    let shutdown = CancellationToken::new();
+    let relays = start_relays(&stores, &broker, &shutdown);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = host(&url).await;
+        writers.push(tokio::spawn(async move {
+            let key = format!("stream-{w}");
+            let mut ids = Vec::new();
+            for n in 0..PER_WRITER / 5 {
+                let batch: Vec<_> = (0..5)
+                    .map(|i| {
+                        OutboxMessage::new(
+                            "orders",
+                            "order.changed",
+                            "orders.events",
+                            key.clone(),
+                            Payload::Json(serde_json::json!({ "n": n, "i": i })),
+                            Utc::now(),
+                        )
+                    })
+                    .collect();
+                ids.extend(store.enqueue(batch).await.unwrap());
+            }
+            (key, ids)
+        }));
+    }
+    let mut expected = HashMap::new();
+    for writer in writers {
+        let (key, ids) = writer.await.unwrap();
+        expected.insert(key, ids);
+    }
+    let total = (WRITERS as usize) * PER_WRITER;
+    wait_for_published(&broker, total, Duration::from_secs(120)).await;
+    shutdown.cancel();
+    for relay in relays {
+        relay.shutdown().await;
+    }
+    let published = broker.messages();
+    assert_eq!(published.len(), total, "the parked key published nothing");
+    assert_per_key_order(&published, &expected);
+}
+
 mod postgres {
     use crate::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn rows_committed_during_a_claim_keep_their_key_order() {
+        super::rows_committed_during_a_claim_keep_their_key_order(Backend::Postgres).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_relays_publish_each_message_once() {
@@ -228,6 +331,11 @@ mod postgres {
 
 mod mysql {
     use crate::Backend;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn rows_committed_during_a_claim_keep_their_key_order() {
+        super::rows_committed_during_a_claim_keep_their_key_order(Backend::MySql).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_relays_publish_each_message_once() {

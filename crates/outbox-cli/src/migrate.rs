@@ -1,0 +1,165 @@
+//! `outbox migrate`: apply, roll back and inspect the outbox-rs schema migrations
+//! (`outbox-migrations`) on a database.
+
+use crate::database::{self, DATABASE_URL_ENV};
+use anyhow::Context;
+use outbox_migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm_migration::MigrationStatus;
+use std::process::ExitCode;
+
+/// Options of `outbox migrate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MigrateArgs {
+    #[command(subcommand)]
+    action: Action,
+    /// Database to migrate: `postgres://…`, `mysql://…` or `sqlite:FILE` (created if
+    /// missing). Required, here or in the environment.
+    #[arg(long, env = DATABASE_URL_ENV, hide_env_values = true, global = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Apply the pending migrations (all, or the next N).
+    Up {
+        /// Apply only the next N pending migrations.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        steps: Option<u32>,
+    },
+    /// Roll back the newest applied migrations (one by default). Rolling back drops
+    /// the outbox tables that migration created, with their rows.
+    Down {
+        /// How many applied migrations to roll back, newest first.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        steps: u32,
+    },
+    /// Print each outbox-rs migration and whether it is Applied or Pending.
+    Status,
+    /// Roll back every outbox-rs migration, then apply them all again (only the outbox
+    /// tables: unlike sea-orm-cli's `fresh`, it never drops the application's tables).
+    ///
+    /// This drops and recreates the outbox-rs tables (outbox_messages, outbox_inbox,
+    /// outbox_cursors, outbox_compensations) and loses their rows; every other table
+    /// is left alone. It is NOT sea-orm-cli's `migrate fresh`, which drops every table
+    /// in the database, the application's own included: in a database shared with the
+    /// application, that would destroy its data.
+    Fresh,
+}
+
+/// Exit code when no database URL was given (a usage error, like clap's own).
+const EXIT_USAGE: u8 = 2;
+
+pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let Some(url) = args.database_url.filter(|url| !url.trim().is_empty()) else {
+        eprintln!(
+            "error: `outbox migrate` needs the database: pass --database-url URL or set {DATABASE_URL_ENV}"
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    let db = database::connect(&url).await?;
+    println!(
+        "database: {}",
+        database::describe(&url, db.get_database_backend())
+    );
+    let before = statuses(&db).await?;
+    match args.action {
+        Action::Status => {
+            print_statuses(&before);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Up { steps } => Migrator::up(&db, steps)
+            .await
+            .context("apply the migrations")?,
+        Action::Down { steps } => Migrator::down(&db, Some(steps))
+            .await
+            .context("roll back the migrations")?,
+        Action::Fresh => Migrator::refresh(&db)
+            .await
+            .context("roll back and re-apply the migrations")?,
+    }
+    let after = statuses(&db).await?;
+    let changed = |from: MigrationStatus, to: MigrationStatus| {
+        before
+            .iter()
+            .zip(&after)
+            .filter(move |(b, a)| b.1 == from && a.1 == to)
+            .map(|(b, _)| b.0.as_str())
+            .collect::<Vec<_>>()
+    };
+    let applied = changed(MigrationStatus::Pending, MigrationStatus::Applied);
+    let rolled_back = changed(MigrationStatus::Applied, MigrationStatus::Pending);
+    let reapplied = changed(MigrationStatus::Applied, MigrationStatus::Applied);
+    match args.action {
+        Action::Fresh => println!(
+            "rolled back and re-applied {} migration(s), applied {} pending one(s)",
+            reapplied.len(),
+            applied.len()
+        ),
+        Action::Up { .. } if applied.is_empty() => {
+            println!("nothing to apply: every migration is applied");
+        }
+        Action::Down { .. } if rolled_back.is_empty() => {
+            println!("nothing to roll back: no migration is applied");
+        }
+        _ => {
+            for name in applied {
+                println!("applied      {name}");
+            }
+            for name in rolled_back {
+                println!("rolled back  {name}");
+            }
+        }
+    }
+    print_statuses(&after);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each migration's name and status, oldest first, without writing anything (not
+/// even the bookkeeping table, `outbox_migrations::MIGRATION_TABLE`, when it is missing).
+async fn statuses(db: &DatabaseConnection) -> anyhow::Result<Vec<(String, MigrationStatus)>> {
+    // sea-orm's read-only status needs sea-schema's backend features to find the
+    // bookkeeping table; a plain catalog query does the same.
+    let backend = db.get_database_backend();
+    let table = Migrator::migration_table_name().to_string();
+    let catalog = match backend {
+        DbBackend::Sqlite => {
+            "SELECT 1 AS found FROM sqlite_master WHERE type = 'table' AND name = ?"
+        }
+        DbBackend::Postgres => {
+            "SELECT 1 AS found FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = $1"
+        }
+        _ => {
+            "SELECT 1 AS found FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = ?"
+        }
+    };
+    let found = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            catalog,
+            [table.into()],
+        ))
+        .await
+        .context("read the migration status")?;
+    if found.is_none() {
+        return Ok(Migrator::migrations()
+            .iter()
+            .map(|m| (m.name().to_owned(), MigrationStatus::Pending))
+            .collect());
+    }
+    Ok(Migrator::get_migration_with_status(db)
+        .await
+        .context("read the migration status")?
+        .iter()
+        .map(|m| (m.name().to_owned(), m.status()))
+        .collect())
+}
+
+fn print_statuses(statuses: &[(String, MigrationStatus)]) {
+    println!();
+    for (name, status) in statuses {
+        println!("{name}  {status}");
+    }
+}

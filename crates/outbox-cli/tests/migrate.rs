@@ -1,0 +1,118 @@
+//! `outbox migrate` applies, rolls back, lists and refreshes the outbox-rs migrations on
+//! SQLite, PostgreSQL and MariaDB, and leaves the application's own tables alone.
+
+#![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
+
+mod common;
+
+use common::{Run, Server, outbox, sql, temp_dir};
+
+const MIGRATION: &str = "m20261121_000001_create_outbox_tables";
+
+fn migrate(url: &str, args: &[&str]) -> Run {
+    let mut all = vec!["migrate"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--database-url", url]);
+    let run = outbox(&all);
+    assert!(run.ok(), "outbox {all:?} failed:\n{run}");
+    run
+}
+
+fn assert_status(url: &str, status: &str) {
+    let run = migrate(url, &["status"]);
+    assert!(
+        run.stdout.contains(&format!("{MIGRATION}  {status}\n")),
+        "expected {status}:\n{run}"
+    );
+}
+
+/// status → up → status → down → status → up, an application table, fresh.
+fn up_down_status_fresh(url: &str) {
+    assert_status(url, "Pending");
+    let run = migrate(url, &["up"]);
+    assert!(
+        run.stdout.contains(&format!("applied      {MIGRATION}")),
+        "{run}"
+    );
+    assert_status(url, "Applied");
+    sql(url, "SELECT 1 FROM outbox_messages").expect("up creates the outbox table");
+
+    let run = migrate(url, &["up"]);
+    assert!(run.stdout.contains("nothing to apply"), "{run}");
+
+    let run = migrate(url, &["down"]);
+    assert!(
+        run.stdout.contains(&format!("rolled back  {MIGRATION}")),
+        "{run}"
+    );
+    assert_status(url, "Pending");
+    assert!(
+        sql(url, "SELECT 1 FROM outbox_messages").is_err(),
+        "down drops the outbox table"
+    );
+
+    migrate(url, &["up", "--steps", "1"]);
+    sql(url, "CREATE TABLE app_rows (id INTEGER PRIMARY KEY)").unwrap();
+    sql(url, "INSERT INTO app_rows (id) VALUES (7)").unwrap();
+    let run = migrate(url, &["fresh"]);
+    assert!(
+        run.stdout
+            .contains("rolled back and re-applied 1 migration"),
+        "{run}"
+    );
+    assert_status(url, "Applied");
+    sql(url, "SELECT 1 FROM outbox_messages").expect("fresh re-creates the outbox table");
+    sql(url, "DELETE FROM app_rows WHERE id = 7").expect("fresh keeps the application's table");
+}
+
+#[test]
+fn migrate_on_a_sqlite_file() {
+    let dir = temp_dir("migrate_sqlite");
+    let url = format!("sqlite:{}", dir.join("app.db").display());
+    up_down_status_fresh(&url);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn migrate_on(server: Server, case: &str) {
+    if let Some(db) = server.fresh_database(case) {
+        up_down_status_fresh(&db.url);
+    }
+}
+
+#[test]
+fn migrate_on_postgres() {
+    migrate_on(Server::Postgres, "migrate_postgres");
+}
+
+#[test]
+fn migrate_on_mariadb() {
+    migrate_on(Server::MariaDb, "migrate_mariadb");
+}
+
+#[test]
+fn migrate_rejects_a_bad_url_with_exit_code_2() {
+    let run = outbox(&["migrate", "status", "--database-url", "redis://localhost/0"]);
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("unsupported database url"), "{run}");
+
+    let run = outbox(&["migrate", "up"]);
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stderr.contains("--database-url"), "{run}");
+}
+
+#[test]
+fn migrate_reports_an_unreachable_server_with_exit_code_1() {
+    // Port 1 refuses connections; the pool gives up after its acquire timeout (30 s).
+    let run = outbox(&[
+        "migrate",
+        "status",
+        "--database-url",
+        "postgres://outbox:secret@127.0.0.1:1/outbox",
+    ]);
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(
+        run.stderr
+            .contains("cannot connect to postgres://outbox:***@127.0.0.1:1/outbox"),
+        "{run}"
+    );
+}
