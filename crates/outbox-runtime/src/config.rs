@@ -53,9 +53,13 @@ pub struct RelayConfig {
     /// How long published and consumed messages are kept before the sweeper deletes
     /// them (default 7 days; `None` keeps them forever). Dead letters are never deleted.
     pub retention: Option<Duration>,
-    /// Messages deleted per retention statement (default 1000), so that one sweep never
-    /// holds long locks. A sweep runs at most 10 such batches.
+    /// Messages deleted per retention statement (default 1000), so that one purge never
+    /// holds long locks. A purge runs at most 10 such batches.
     pub purge_batch: usize,
+    /// How often the sweeper applies the retention policy (default 10 minutes). A purge
+    /// that finds little to delete still reads the finished history once (see
+    /// docs/storage.md), so it runs far less often than the lease sweep.
+    pub retention_interval: Duration,
 }
 
 impl Default for RelayConfig {
@@ -73,6 +77,7 @@ impl Default for RelayConfig {
             drain_timeout: Duration::from_secs(15),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             purge_batch: 1000,
+            retention_interval: Duration::from_secs(600),
         }
     }
 }
@@ -97,6 +102,7 @@ impl RelayConfig {
             ("lease", self.lease),
             ("publish_timeout", self.publish_timeout),
             ("sweep_interval", self.sweep_interval),
+            ("retention_interval", self.retention_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));

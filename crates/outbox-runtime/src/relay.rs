@@ -318,14 +318,11 @@ impl Relay {
         }
     }
 
-    /// Returns expired leases to the pool once, then applies the retention policy
-    /// (deletes finished messages older than [`RelayConfig::retention`] in bounded
-    /// batches). Returns how many leases were released.
+    /// Returns expired leases to the pool once. Returns how many were released.
     pub async fn sweep_once(&self) -> Result<u64, RelayError> {
-        let now = self.clock.now();
         let released = self
             .store
-            .release_expired(now, self.config.batch_size.max(100))
+            .release_expired(self.clock.now(), self.config.batch_size.max(100))
             .await?;
         if released > 0 {
             info!(released, "returned expired leases to the pool");
@@ -333,22 +330,36 @@ impl Relay {
                 .leases_released
                 .fetch_add(released, Ordering::Relaxed);
         }
-        if let Some(cutoff) = self
+        Ok(released)
+    }
+
+    /// Applies the retention policy once: deletes finished messages older than
+    /// [`RelayConfig::retention`] in batches of [`RelayConfig::purge_batch`], at most 10
+    /// batches. Returns how many it deleted. The sweeper calls it every
+    /// [`RelayConfig::retention_interval`].
+    pub async fn purge_once(&self) -> Result<u64, RelayError> {
+        let Some(cutoff) = self
             .config
             .retention
             .and_then(|r| chrono::Duration::from_std(r).ok())
-            .and_then(|r| now.checked_sub_signed(r))
-        {
-            let batch = self.config.purge_batch;
-            for _ in 0..10 {
-                let purged = self.store.purge_finished(cutoff, batch).await?;
-                self.counters.purged.fetch_add(purged, Ordering::Relaxed);
-                if purged < batch as u64 {
-                    break;
-                }
+            .and_then(|r| self.clock.now().checked_sub_signed(r))
+        else {
+            return Ok(0);
+        };
+        let batch = self.config.purge_batch;
+        let mut total = 0;
+        for _ in 0..10 {
+            let purged = self.store.purge_finished(cutoff, batch).await?;
+            total += purged;
+            if purged < batch as u64 {
+                break;
             }
         }
-        Ok(released)
+        if total > 0 {
+            info!(purged = total, "deleted finished messages past retention");
+            self.counters.purged.fetch_add(total, Ordering::Relaxed);
+        }
+        Ok(total)
     }
 
     /// Runs the relay on the current tokio runtime until `shutdown` is cancelled or
@@ -403,6 +414,7 @@ impl Relay {
     }
 
     async fn sweep_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut last_purge: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -414,6 +426,13 @@ impl Relay {
                 Err(e) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "lease sweep failed");
+                }
+            }
+            if last_purge.is_none_or(|t| t.elapsed() >= self.config.retention_interval) {
+                last_purge = Some(tokio::time::Instant::now());
+                if let Err(e) = self.purge_once().await {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "retention purge failed");
                 }
             }
         }

@@ -23,6 +23,9 @@
 //!    claim that finds nothing is not counted.
 //! 4. The report gives the median and p90 per database and the ratio B/A of the
 //!    medians. The exit code is 1 when that ratio exceeds `--max-ratio` (1.5).
+//! 5. With `--purge`, retention on B is timed too: one `purge_finished(cutoff, 1000)`
+//!    with the cutoff before every `published_at` (deletes nothing), then one with it
+//!    after every `published_at` (deletes the 1000 oldest rows).
 //!
 //! The databases are dropped at the end, also when a step fails.
 
@@ -54,6 +57,8 @@ OPTIONS:
     --limit N            messages per claim                  [default: 100]
     --rounds N           at most this many rounds            [default: until drained]
     --max-ratio X        fail above this median ratio B/A    [default: 1.5]
+    --purge              also time purge_finished(cutoff, 1000) on B, once with
+                         nothing to delete and once with a full batch
     --keep               keep the databases (to look at plans), print their names
 ";
 
@@ -68,6 +73,7 @@ struct Args {
     limit: usize,
     rounds: Option<usize>,
     max_ratio: f64,
+    purge: bool,
     keep: bool,
 }
 
@@ -82,6 +88,7 @@ impl Args {
             limit: 100,
             rounds: None,
             max_ratio: 1.5,
+            purge: false,
             keep: false,
         };
         let mut it = std::env::args().skip(1);
@@ -91,6 +98,10 @@ impl Args {
             }
             if flag == "--keep" {
                 args.keep = true;
+                continue;
+            }
+            if flag == "--purge" {
+                args.purge = true;
                 continue;
             }
             let (name, inline) = match flag.split_once('=') {
@@ -340,6 +351,9 @@ async fn bench(args: &Args, dbs: &mut Databases) -> Result<bool, BoxError> {
         args.max_ratio,
         if pass { "ok" } else { "FAILED" }
     );
+    if args.purge {
+        time_purge(&sides[1], args.finished).await?;
+    }
     println!("total {:.1}s", started.elapsed().as_secs_f64());
     for side in &sides {
         side.store.connection().clone().close().await?;
@@ -376,6 +390,33 @@ async fn claim_round(side: &mut Side, limit: usize) -> Result<(), BoxError> {
     let report = side.store.settle(settlements, Utc::now()).await?;
     if !report.lease_lost.is_empty() {
         return Err(format!("{}: lost {} leases", side.label, report.lease_lost.len()).into());
+    }
+    Ok(())
+}
+
+/// Times two retention calls of up to 1000 rows on `side`: first with the cutoff before
+/// every `published_at` (nothing to delete, the case of a sweep that has caught up), then
+/// after every one (a full batch of the oldest rows). `history` rows were loaded; the
+/// side's claims published the rest.
+async fn time_purge(side: &Side, history: u64) -> Result<(), BoxError> {
+    const BATCH: usize = 1000;
+    let full = (BATCH as u64).min(history + side.claimed as u64);
+    let cases = [
+        ("before all", Utc::now() - chrono::Duration::days(2), 0),
+        ("after all", Utc::now() + chrono::Duration::seconds(1), full),
+    ];
+    for (label, cutoff, expected) in cases {
+        let t = Instant::now();
+        let deleted = side.store.purge_finished(cutoff, BATCH).await?;
+        let elapsed = t.elapsed();
+        println!(
+            "purge_finished(cutoff {label}, {BATCH}) on {}: deleted {deleted} rows in {}",
+            side.label,
+            ms(elapsed)
+        );
+        if deleted != expected {
+            return Err(format!("purge deleted {deleted} rows, expected {expected}").into());
+        }
     }
     Ok(())
 }

@@ -193,6 +193,13 @@ impl SeaOrmStore {
                                 .flatten()
                                 .map(|n| n.to_string())
                         })
+                        .or_else(|| {
+                            // MySQL/MariaDB's `EXPLAIN` has an unsigned `id` column.
+                            r.try_get_by_index::<Option<u64>>(i)
+                                .ok()
+                                .flatten()
+                                .map(|n| n.to_string())
+                        })
                         .unwrap_or_else(|| "NULL".into())
                 })
                 .collect();

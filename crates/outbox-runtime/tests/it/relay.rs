@@ -400,7 +400,7 @@ fn invalid_configuration_is_rejected_up_front() {
 }
 
 #[tokio::test]
-async fn the_sweeper_deletes_finished_messages_after_the_retention_period() {
+async fn purge_deletes_finished_messages_after_the_retention_period() {
     let clock = ManualClock::fixed();
     let store = InMemoryStore::with_max_attempts(1);
     let broker = InMemoryPublisher::new();
@@ -421,14 +421,14 @@ async fn the_sweeper_deletes_finished_messages_after_the_retention_period() {
     publisher.fail_always(PublishErrorKind::Permanent);
     assert_eq!(relay.run_once().await.unwrap().dead, 1);
 
-    relay.sweep_once().await.unwrap();
+    assert_eq!(relay.purge_once().await.unwrap(), 0);
     assert_eq!(
         store.stats().await.unwrap().published,
         5,
         "kept within retention"
     );
     clock.advance(Duration::from_secs(3601));
-    relay.sweep_once().await.unwrap();
+    assert_eq!(relay.purge_once().await.unwrap(), 5, "in batches of 2");
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.published, stats.dead), (0, 1), "dead letters stay");
     assert_eq!(
