@@ -1,5 +1,6 @@
 //! Opening the database named by `--database-url`, and describing it without secrets.
 
+use outbox_sea_orm::redact_url;
 use sea_orm::{DatabaseConnection, DbBackend, Statement, Value};
 use std::path::PathBuf;
 
@@ -39,26 +40,10 @@ pub(crate) fn describe(url: &str, backend: DbBackend) -> String {
             Some(path) => format!("SQLite file {}", path.display()),
             None => "in-memory SQLite".to_owned(),
         },
-        DbBackend::Postgres => format!("PostgreSQL at {}", mask_password(url)),
-        DbBackend::MySql => format!("MySQL/MariaDB at {}", mask_password(url)),
-        _ => mask_password(url),
+        DbBackend::Postgres => format!("PostgreSQL at {}", redact_url(url)),
+        DbBackend::MySql => format!("MySQL/MariaDB at {}", redact_url(url)),
+        _ => redact_url(url),
     }
-}
-
-/// `scheme://user:secret@host/db` → `scheme://user:***@host/db`.
-pub(crate) fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let masked = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    format!("{scheme}://{masked}{}", &rest[authority.len()..])
 }
 
 /// A statement written with `?` placeholders, numbered `$1, $2, …` for PostgreSQL.
@@ -89,16 +74,6 @@ pub(crate) fn statement(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            mask_password("postgres://app:s3cret@db:5432/app"),
-            "postgres://app:***@db:5432/app"
-        );
-        assert_eq!(mask_password("mysql://root@db"), "mysql://root@db");
-        assert_eq!(mask_password("sqlite:outbox.db"), "sqlite:outbox.db");
-    }
 
     #[test]
     fn sqlite_paths_are_resolved() {

@@ -37,7 +37,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, ConnectError> {
             && (url.starts_with("mysql://") || url.starts_with("mariadb://")))
         || (cfg!(feature = "sqlite") && url.starts_with("sqlite:"));
     if !supported {
-        return Err(ConnectError::UnsupportedUrl(mask_password(url)));
+        return Err(ConnectError::UnsupportedUrl(redact_url(url)));
     }
     let url = url.replacen("mariadb://", "mysql://", 1);
     let mut options = ConnectOptions::new(url.clone());
@@ -54,13 +54,14 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, ConnectError> {
     Database::connect(options)
         .await
         .map_err(|e| ConnectError::Unavailable {
-            url: mask_password(&url),
+            url: redact_url(&url),
             message: e.to_string(),
         })
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-fn mask_password(url: &str) -> String {
+/// The URL with its password masked (`scheme://user:secret@host/db` →
+/// `scheme://user:***@host/db`), for logs and error messages.
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -87,11 +88,11 @@ mod tests {
     #[test]
     fn passwords_are_masked() {
         assert_eq!(
-            mask_password("postgres://app:s3cret@db:5432/app"),
+            redact_url("postgres://app:s3cret@db:5432/app"),
             "postgres://app:***@db:5432/app"
         );
-        assert_eq!(mask_password("mysql://root@db"), "mysql://root@db");
-        assert_eq!(mask_password("sqlite:outbox.db"), "sqlite:outbox.db");
+        assert_eq!(redact_url("mysql://root@db"), "mysql://root@db");
+        assert_eq!(redact_url("sqlite:outbox.db"), "sqlite:outbox.db");
     }
 
     #[tokio::test]

@@ -50,7 +50,7 @@ mod row;
 mod store;
 
 pub use compensation::SeaOrmCompensationStore;
-pub use connect::{ConnectError, connect};
+pub use connect::{ConnectError, connect, redact_url};
 pub use cursor::SeaOrmCursorStore;
 pub use inbox::SeaOrmInbox;
 pub use store::{SeaOrmStore, StoreConfig};
