@@ -455,13 +455,7 @@ impl SeaOrmStore {
         let txn = self.begin().await?;
         let mut pick = Sql::new(dl, "");
         self.push_candidates(&mut pick, request);
-        let mut seqs: Vec<Value> = txn
-            .query_all_raw(pick.build())
-            .await
-            .map_err(db_error)?
-            .iter()
-            .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
-            .collect::<StoreResult<_>>()?;
+        let mut seqs = query_seqs(&txn, pick).await?;
         if dl == Dialect::MySql && !seqs.is_empty() {
             seqs = self.still_heads(&txn, seqs).await?;
         }
@@ -531,13 +525,18 @@ impl SeaOrmStore {
         );
         sql.bind_list(seqs)
             .push(&format!(" AND {}", head_of_key(t)));
-        txn.query_all_raw(sql.build())
-            .await
-            .map_err(db_error)?
-            .iter()
-            .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
-            .collect()
+        query_seqs(txn, sql).await
     }
+}
+
+/// Runs a `SELECT seq …` and returns the sequence numbers as bindable values.
+async fn query_seqs<C: ConnectionTrait>(conn: &C, sql: Sql) -> StoreResult<Vec<Value>> {
+    conn.query_all_raw(sql.build())
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
+        .collect()
 }
 
 /// The per-key rule as SQL over candidate `m`: no earlier pending message of its
@@ -862,14 +861,7 @@ impl MessageStore for SeaOrmStore {
         // MySQL cannot `LIMIT` an `IN (subquery)`, and its `DELETE … ORDER BY … LIMIT`
         // sorts the whole finished range: select the batch, then delete it (re-checking
         // the condition; finished rows never become unfinished again).
-        let seqs: Vec<Value> = self
-            .db
-            .query_all_raw(pick.build())
-            .await
-            .map_err(db_error)?
-            .iter()
-            .map(|r| req(get::<i64>(r, "seq"), "seq").map(|s| Value::BigInt(Some(s))))
-            .collect::<StoreResult<_>>()?;
+        let seqs = query_seqs(&self.db, pick).await?;
         if seqs.is_empty() {
             return Ok(0);
         }
