@@ -1,4 +1,4 @@
-use crate::StoreResult;
+use crate::{StoreError, StoreResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::{CompensationItem, CompensationStatus, NewCompensationItem};
@@ -14,6 +14,25 @@ pub struct CompensationFilter {
     pub batch_id: Option<String>,
     /// At most this many (0 means no items).
     pub limit: usize,
+}
+
+/// Rejects a `max_retries` no store can keep (zero, or beyond `i32::MAX`, the SQL
+/// column's range). Every adapter's [`CompensationStore::record`] calls this first.
+pub fn check_max_retries(max_retries: u32) -> StoreResult<()> {
+    if max_retries == 0 || i32::try_from(max_retries).is_err() {
+        return Err(StoreError::InvalidInput(format!(
+            "max_retries must be between 1 and {}, got {max_retries}",
+            i32::MAX
+        )));
+    }
+    Ok(())
+}
+
+/// The reservation of [`CompensationStore::claim_due`] as a time span, or
+/// [`StoreError::InvalidInput`] if it is too long to add to a time.
+pub fn reservation(reserve_for: Duration) -> StoreResult<chrono::Duration> {
+    chrono::Duration::from_std(reserve_for)
+        .map_err(|_| StoreError::InvalidInput(format!("reservation {reserve_for:?} is too long")))
 }
 
 /// Durable compensation items for failed batch operations.

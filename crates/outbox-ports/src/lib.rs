@@ -28,7 +28,10 @@ mod publisher;
 mod store;
 
 pub use clock::{Clock, SystemClock};
-pub use compensation::{CompensationFilter, CompensationStore, ExecuteError, OperationExecutor};
+pub use compensation::{
+    CompensationFilter, CompensationStore, ExecuteError, OperationExecutor, check_max_retries,
+    reservation,
+};
 pub use cursor::{Cursor, CursorPosition, CursorStore};
 pub use error::{StoreError, StoreResult};
 pub use inbox::{Inbox, InboxOutcome};

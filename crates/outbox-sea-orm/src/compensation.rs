@@ -87,12 +87,7 @@ impl CompensationStore for SeaOrmCompensationStore {
         max_retries: u32,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Uuid>> {
-        if max_retries == 0 || i32::try_from(max_retries).is_err() {
-            return Err(StoreError::InvalidInput(format!(
-                "max_retries must be between 1 and {}, got {max_retries}",
-                i32::MAX
-            )));
-        }
+        outbox_ports::check_max_retries(max_retries)?;
         let d = self.dialect;
         let items: Vec<CompensationItem> = items
             .into_iter()
@@ -140,9 +135,7 @@ impl CompensationStore for SeaOrmCompensationStore {
         limit: usize,
         reserve_for: Duration,
     ) -> StoreResult<Vec<CompensationItem>> {
-        let reserve = chrono::Duration::from_std(reserve_for).map_err(|_| {
-            StoreError::InvalidInput(format!("reservation {reserve_for:?} is too long"))
-        })?;
+        let reserve = outbox_ports::reservation(reserve_for)?;
         if limit == 0 {
             return Ok(Vec::new());
         }

@@ -27,11 +27,7 @@ impl CompensationStore for InMemoryCompensationStore {
         max_retries: u32,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Uuid>> {
-        if max_retries == 0 {
-            return Err(StoreError::InvalidInput(
-                "max_retries must be at least 1".into(),
-            ));
-        }
+        outbox_ports::check_max_retries(max_retries)?;
         let mut all = self.items.lock().unwrap_or_else(PoisonError::into_inner);
         let new: Vec<CompensationItem> = items
             .into_iter()
@@ -48,9 +44,7 @@ impl CompensationStore for InMemoryCompensationStore {
         limit: usize,
         reserve_for: Duration,
     ) -> StoreResult<Vec<CompensationItem>> {
-        let reserve = chrono::Duration::from_std(reserve_for).map_err(|_| {
-            StoreError::InvalidInput(format!("reservation {reserve_for:?} is too long"))
-        })?;
+        let reserve = outbox_ports::reservation(reserve_for)?;
         let mut all = self.items.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due: Vec<usize> = (0..all.len())
             .filter(|&i| all[i].status.is_retryable() && all[i].next_retry_at <= now)

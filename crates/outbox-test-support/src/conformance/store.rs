@@ -33,6 +33,18 @@ pub fn at(secs: i64) -> DateTime<Utc> {
     t0() + chrono::Duration::seconds(secs)
 }
 
+/// The counters of `s` (without the oldest-unsent time), for one assertion.
+fn counts(s: &OutboxStats) -> (u64, u64, u64, u64, u64, u64) {
+    (
+        s.pending,
+        s.retrying,
+        s.in_flight,
+        s.published,
+        s.consumed,
+        s.dead,
+    )
+}
+
 /// A test message of `key`, created at `t0`, whose payload records `n`.
 pub fn message(key: &str, n: usize) -> OutboxMessage {
     OutboxMessage::new(
@@ -561,17 +573,7 @@ pub async fn consumed_and_stats<S: MessageStore + ?Sized>(store: &S) {
     );
 
     let s = store.stats().await.expect("stats");
-    assert_eq!(
-        (
-            s.pending,
-            s.retrying,
-            s.in_flight,
-            s.published,
-            s.consumed,
-            s.dead
-        ),
-        (1, 1, 0, 1, 1, 1)
-    );
+    assert_eq!(counts(&s), (1, 1, 0, 1, 1, 1));
     assert_eq!(s.oldest_unsent_at, Some(t0()));
 }
 
@@ -800,17 +802,7 @@ pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(
         assert_eq!(status(store, q.id).await, MessageStatus::Pending);
     }
     let s = store.stats().await.expect("stats");
-    assert_eq!(
-        (
-            s.pending,
-            s.retrying,
-            s.in_flight,
-            s.published,
-            s.consumed,
-            s.dead
-        ),
-        (2, 1, 1, 0, 0, 1)
-    );
+    assert_eq!(counts(&s), (2, 1, 1, 0, 0, 1));
     let left = store
         .list(&ListFilter {
             status: None,
