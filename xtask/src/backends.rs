@@ -1,4 +1,5 @@
-//! Real PostgreSQL and MariaDB servers for the tests, on 127.0.0.1.
+//! Real PostgreSQL and MariaDB servers and a Kafka-protocol broker for the
+//! tests, on 127.0.0.1.
 //!
 //! `cargo xtask test` starts them in a fresh `target/xtask-backends/test-<pid>`
 //! directory and stops them (and deletes the directory) when the tests end,
@@ -6,12 +7,15 @@
 //! starts them in `target/xtask-backends/dev` (or `--dir DIR`) and leaves them
 //! running for `cargo nextest run -p ...`, until `backends stop`.
 //!
-//! The servers come from the distribution's packages (`apt-get install` when
-//! they are missing and we are root). When we are root, PostgreSQL runs as
-//! the `postgres` user and MariaDB as `mysql`; otherwise both run as the
-//! current user. Teardown signals exactly the PIDs recorded at start-up, and
-//! only while `/proc/<pid>/cmdline` still names the server's data directory,
-//! so a recycled PID is never hit. Layout of a backends directory:
+//! The database servers come from the distribution's packages (`apt-get
+//! install` when they are missing and we are root). When we are root,
+//! PostgreSQL runs as the `postgres` user and MariaDB as `mysql`; otherwise
+//! both run as the current user. The broker is tansu, built once per machine
+//! with `cargo install` (see [`crate::tools`]); it keeps its data in memory
+//! and runs as the current user. Teardown signals exactly the PIDs recorded
+//! at start-up, and only while `/proc/<pid>/cmdline` still names the server's
+//! data directory, so a recycled PID is never hit. Layout of a backends
+//! directory:
 //!
 //! ```text
 //! postgres/data/           initdb's cluster
@@ -20,13 +24,18 @@
 //! mariadb/data/            mariadb-install-db's data directory
 //! mariadb/mysqld.sock      Unix socket (xtask's own admin connection)
 //! mariadb/server.log
+//! kafka/tansu              symlink to the cached tansu binary, run through
+//!                          it so that its command line names this directory
+//! kafka/.env               empty: keeps tansu from loading a `.env` above
+//! kafka/server.log
 //! pids                     `<server> <pid> <data dir>`, one line per server
-//! env                      `export OUTBOX_TEST_..._URL=...` lines
+//!                          (for the broker, `<data dir>` is `kafka/`)
+//! env                      `export OUTBOX_TEST_...=...` lines
 //! ```
 
 use std::fs;
 use std::io::Write as _;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -36,10 +45,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::note;
+use crate::system::{apt_install, find_program, is_root};
+use crate::tools::{TANSU_VERSION, ensure_tansu};
+
 /// The admin URL of the PostgreSQL server, read by the tests.
 pub(crate) const POSTGRES_URL_VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
 /// The admin URL of the MariaDB server, read by the tests.
 pub(crate) const MYSQL_URL_VAR: &str = "OUTBOX_TEST_MYSQL_URL";
+/// The Kafka broker's `host:port`, read by the tests.
+pub(crate) const KAFKA_BOOTSTRAP_VAR: &str = "OUTBOX_TEST_KAFKA_BOOTSTRAP";
 
 /// The MariaDB account the tests use over TCP; it holds every privilege.
 const MYSQL_USER: &str = "outbox";
@@ -53,22 +68,43 @@ const MAX_SOCKET_PATH: usize = 107;
 const MARIADB_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// `pg_ctl start -w -t <seconds>`.
 const POSTGRES_START_TIMEOUT_SECS: &str = "30";
+/// How long tansu gets to accept a TCP connection (it takes well under a
+/// second).
+const KAFKA_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Environment variables tansu reads as defaults for its options (`.env`
+/// files included), removed so that none reaches the broker from the
+/// caller's environment: with OTEL_EXPORTER_OTLP_ENDPOINT, for one, it would
+/// start exporting metrics.
+const TANSU_ENV_VARS: &[&str] = &[
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
 
 /// One of the servers xtask knows how to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Postgres,
     Mariadb,
+    /// A Kafka-protocol broker: tansu.
+    Kafka,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Self; 2] = [Self::Postgres, Self::Mariadb];
+    /// Everything `cargo xtask test` and `backends start` run.
+    pub(crate) const ALL: [Self; 3] = [Self::Postgres, Self::Mariadb, Self::Kafka];
+    /// The SQL databases (`cargo xtask bench`).
+    pub(crate) const DATABASES: [Self; 2] = [Self::Postgres, Self::Mariadb];
 
     /// The name in the pids file, and the server's subdirectory.
     fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Mariadb => "mariadb",
+            Self::Kafka => "kafka",
         }
     }
 
@@ -80,6 +116,7 @@ impl Kind {
         match self {
             Self::Postgres => "PostgreSQL",
             Self::Mariadb => "MariaDB",
+            Self::Kafka => "Kafka (tansu)",
         }
     }
 
@@ -87,24 +124,30 @@ impl Kind {
         match self {
             Self::Postgres => POSTGRES_URL_VAR,
             Self::Mariadb => MYSQL_URL_VAR,
+            Self::Kafka => KAFKA_BOOTSTRAP_VAR,
         }
     }
 
-    /// The OS user the server runs as when xtask runs as root.
-    fn os_user(self) -> &'static str {
+    /// The OS user the server runs as when xtask runs as root; `None`: it
+    /// runs as whoever runs xtask (the broker has no data on disk to protect
+    /// and does not refuse root, unlike the databases).
+    fn os_user(self) -> Option<&'static str> {
         match self {
-            Self::Postgres => "postgres",
-            Self::Mariadb => "mysql",
+            Self::Postgres => Some("postgres"),
+            Self::Mariadb => Some("mysql"),
+            Self::Kafka => None,
         }
     }
 
     /// Signals for a clean stop, each with how long to wait before the next.
     /// PostgreSQL: fast shutdown, then immediate, then SIGKILL. MariaDB:
-    /// normal shutdown, then SIGKILL.
+    /// normal shutdown, then SIGKILL. tansu: SIGTERM, on which it gives open
+    /// connections up to 5 s to finish, then SIGKILL.
     fn stop_signals(self) -> &'static [(&'static str, u64)] {
         match self {
             Self::Postgres => &[("INT", 10), ("QUIT", 5), ("KILL", 5)],
             Self::Mariadb => &[("TERM", 30), ("KILL", 5)],
+            Self::Kafka => &[("TERM", 10), ("KILL", 5)],
         }
     }
 
@@ -115,7 +158,7 @@ impl Kind {
             // SIGQUIT is PostgreSQL's immediate shutdown: the postmaster takes
             // its backends down with it, which SIGKILL would not do.
             Self::Postgres => "QUIT",
-            Self::Mariadb => "KILL",
+            Self::Mariadb | Self::Kafka => "KILL",
         }
     }
 }
@@ -124,6 +167,8 @@ impl Kind {
 /// [`Backends::keep_running`] disarmed it.
 pub(crate) struct Backends {
     dir: PathBuf,
+    /// The workspace's root, for the tools cache.
+    workspace_root: PathBuf,
     root: bool,
     servers: Vec<Server>,
     env: Vec<(&'static str, String)>,
@@ -146,7 +191,7 @@ struct Server {
     kind: Kind,
     pid: u32,
     data_dir: PathBuf,
-    /// MariaDB in this process's run; PostgreSQL is pg_ctl's child.
+    /// MariaDB and tansu in this process's run; PostgreSQL is pg_ctl's child.
     child: Option<Child>,
 }
 
@@ -163,6 +208,7 @@ impl Backends {
     pub(crate) fn none() -> Self {
         Self {
             dir: PathBuf::new(),
+            workspace_root: PathBuf::new(),
             root: false,
             servers: Vec::new(),
             env: Vec::new(),
@@ -171,12 +217,12 @@ impl Backends {
         }
     }
 
-    /// Starts the servers `cargo xtask test` needs, in a fresh directory under
-    /// `target/xtask-backends/`. A server whose URL variable is already set is
-    /// not started: the tests use the one the variable names.
-    pub(crate) fn for_tests(workspace_root: &Path) -> Result<Self> {
+    /// Starts the servers of `wanted` (for `cargo xtask test`, or `bench`) in a
+    /// fresh directory under `target/xtask-backends/`. A server whose variable
+    /// is already set is not started: the tests use the one the variable names.
+    pub(crate) fn for_tests(workspace_root: &Path, wanted: &[Kind]) -> Result<Self> {
         let mut kinds = Vec::new();
-        for kind in Kind::ALL {
+        for &kind in wanted {
             match std::env::var(kind.env_var()) {
                 Ok(url) if !url.is_empty() => note(&format!(
                     "{} is set: the tests use {url}; not starting {}",
@@ -200,15 +246,16 @@ impl Backends {
                 .with_context(|| format!("could not remove stale {}", dir.display()))?;
         }
         create_dir(&dir)?;
-        let mut backends = Self::new(dir, OnDrop::StopAndRemove)?;
+        let mut backends = Self::new(dir, workspace_root, OnDrop::StopAndRemove)?;
         backends.watchdog = Some(Watchdog::spawn(&backends.dir)?);
         backends.start(&kinds)?;
         Ok(backends)
     }
 
-    fn new(dir: PathBuf, on_drop: OnDrop) -> Result<Self> {
+    fn new(dir: PathBuf, workspace_root: &Path, on_drop: OnDrop) -> Result<Self> {
         Ok(Self {
             dir,
+            workspace_root: workspace_root.to_path_buf(),
             root: is_root()?,
             servers: Vec::new(),
             env: Vec::new(),
@@ -217,7 +264,7 @@ impl Backends {
         })
     }
 
-    /// The `OUTBOX_TEST_*_URL` variables for the servers started here.
+    /// The `OUTBOX_TEST_*` variables for the servers started here.
     pub(crate) fn env(&self) -> &[(&'static str, String)] {
         &self.env
     }
@@ -228,11 +275,11 @@ impl Backends {
     }
 
     fn start(&mut self, kinds: &[Kind]) -> Result<()> {
-        let tools = Tools::ensure_installed(kinds, self.root)?;
+        let tools = Tools::ensure_installed(kinds, &self.workspace_root)?;
         let titles: Vec<&str> = kinds.iter().map(|kind| kind.title()).collect();
         note(&format!(
             "starting {} in {}",
-            titles.join(" and "),
+            join_words(&titles),
             self.dir.display()
         ));
         // Hold every port until all are chosen, so no two servers get the
@@ -252,6 +299,7 @@ impl Backends {
             match kind {
                 Kind::Postgres => self.start_postgres(tools.postgres()?, port)?,
                 Kind::Mariadb => self.start_mariadb(tools.mariadb()?, port)?,
+                Kind::Kafka => self.start_kafka(tools.tansu()?, port)?,
             }
         }
         Ok(())
@@ -259,7 +307,7 @@ impl Backends {
 
     fn start_postgres(&mut self, pg: &PostgresTools, port: u16) -> Result<()> {
         let started = Instant::now();
-        let user = self.root.then_some(Kind::Postgres.os_user());
+        let user = self.os_user(Kind::Postgres);
         let home = self.dir.join(Kind::Postgres.name());
         prepare_server_dir(&home, user)?;
         check_socket_path(&home.join(format!(".s.PGSQL.{port}")))?;
@@ -323,7 +371,7 @@ impl Backends {
 
     fn start_mariadb(&mut self, tools: &MariadbTools, port: u16) -> Result<()> {
         let started = Instant::now();
-        let user = self.root.then_some(Kind::Mariadb.os_user());
+        let user = self.os_user(Kind::Mariadb);
         let home = self.dir.join(Kind::Mariadb.name());
         prepare_server_dir(&home, user)?;
         let socket = home.join("mysqld.sock");
@@ -353,8 +401,6 @@ impl Backends {
         install.current_dir(&home);
         run_captured("mariadb-install-db", &mut install, None)?;
 
-        let log_file = fs::File::create(&log)
-            .with_context(|| format!("could not create {}", log.display()))?;
         let mut server = Command::new(&tools.server);
         server.args(&common).args(&user_arg);
         server.arg(format!("--socket={}", socket.display()));
@@ -370,49 +416,22 @@ impl Backends {
             "--collation-server=utf8mb4_general_ci",
         ]);
         server.current_dir(&home);
-        server.stdin(Stdio::null());
-        server.stdout(log_file.try_clone()?).stderr(log_file);
-        // Its own process group: Ctrl-C in the terminal reaches xtask (whose
-        // watchdog or guard stops the server), not the server itself, and a
-        // server from `backends start` outlives xtask.
-        server.process_group(0);
-        let child = server
-            .spawn()
-            .with_context(|| format!("could not start {}", tools.server.display()))?;
-        self.record(Server {
-            kind: Kind::Mariadb,
-            pid: child.id(),
-            data_dir: data.clone(),
-            child: Some(child),
-        })?;
+        self.spawn(Kind::Mariadb, server, &data, &log)?;
 
-        let deadline = started + MARIADB_START_TIMEOUT;
-        loop {
-            let mut ping = Command::new(&tools.admin);
-            ping.args(["--no-defaults", "--connect-timeout=1", "-u", "root"]);
-            ping.arg(format!("--socket={}", socket.display()))
-                .arg("ping");
-            if ping.output().is_ok_and(|out| out.status.success()) {
-                break;
-            }
-            if let Some(server) = self.servers.last_mut()
-                && let Some(child) = server.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!(
-                    "mariadbd exited during start-up ({status})\n{}",
-                    log_tail(&log)
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "mariadbd did not answer `mariadb-admin ping` within {}s\n{}",
-                    MARIADB_START_TIMEOUT.as_secs(),
-                    log_tail(&log)
-                );
-            }
-            sleep(Duration::from_millis(100));
-        }
+        self.wait_until_up(
+            Kind::Mariadb,
+            started,
+            MARIADB_START_TIMEOUT,
+            "answer `mariadb-admin ping`",
+            &log,
+            || {
+                let mut ping = Command::new(&tools.admin);
+                ping.args(["--no-defaults", "--connect-timeout=1", "-u", "root"]);
+                ping.arg(format!("--socket={}", socket.display()))
+                    .arg("ping");
+                ping.output().is_ok_and(|out| out.status.success())
+            },
+        )?;
 
         let mut sql = String::new();
         for host in ["127.0.0.1", "localhost"] {
@@ -437,10 +456,129 @@ impl Backends {
         )
     }
 
+    /// tansu, in memory, listening on (and advertising) 127.0.0.1:`port`.
+    fn start_kafka(&mut self, tansu: &Path, port: u16) -> Result<()> {
+        let started = Instant::now();
+        let home = self.dir.join(Kind::Kafka.name());
+        prepare_server_dir(&home, self.os_user(Kind::Kafka))?;
+        // tansu loads a `.env` from its working directory or the nearest
+        // parent that has one; an empty one here keeps the workspace's (or
+        // anyone's above it) out.
+        fs::write(home.join(".env"), "")?;
+        // Run through a symlink in `home`: it becomes argv[0], so the
+        // broker's command line names `home`, which is what stop_server and
+        // the watchdog check before signalling a PID.
+        let link = home.join("tansu");
+        std::os::unix::fs::symlink(tansu, &link)
+            .with_context(|| format!("could not create {}", link.display()))?;
+        let log = home.join("server.log");
+
+        // tansu binds the host of --listener-url as given (0.0.0.0 by
+        // default), and opens no other port unless given an OTLP endpoint.
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut broker = Command::new(&link);
+        broker.args(["broker", "--listener-url", &url]);
+        broker.args(["--advertised-listener-url", &url]);
+        broker.args(["--storage-engine", "memory://tansu/"]);
+        for var in TANSU_ENV_VARS {
+            broker.env_remove(var);
+        }
+        // Warnings and errors only: at `info` and below, tansu logs every
+        // span of every request.
+        broker.env("RUST_LOG", "warn");
+        broker.current_dir(&home);
+        self.spawn(Kind::Kafka, broker, &home, &log)?;
+
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        self.wait_until_up(
+            Kind::Kafka,
+            started,
+            KAFKA_START_TIMEOUT,
+            &format!("accept a connection on {address}"),
+            &log,
+            || TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok(),
+        )?;
+        self.ready(
+            Kind::Kafka,
+            &address.to_string(),
+            &format!("tansu {TANSU_VERSION}"),
+            port,
+            started,
+        )
+    }
+
+    /// The OS user to run `kind` as: none unless we are root.
+    fn os_user(&self, kind: Kind) -> Option<&'static str> {
+        if self.root { kind.os_user() } else { None }
+    }
+
+    /// Starts a server that stays in the foreground, as xtask's child, with
+    /// its output in `log`, and records it. `cmd` must name `data_dir` on the
+    /// command line (see [`process_matches`]).
+    fn spawn(&mut self, kind: Kind, mut cmd: Command, data_dir: &Path, log: &Path) -> Result<()> {
+        let log_file =
+            fs::File::create(log).with_context(|| format!("could not create {}", log.display()))?;
+        cmd.stdin(Stdio::null());
+        cmd.stdout(log_file.try_clone()?).stderr(log_file);
+        // Its own process group: Ctrl-C in the terminal reaches xtask (whose
+        // watchdog or guard stops the server), not the server itself, and a
+        // server from `backends start` outlives xtask.
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start `{}`", crate::command_line(&cmd)))?;
+        self.record(Server {
+            kind,
+            pid: child.id(),
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+        })
+    }
+
+    /// Polls `probe` until it succeeds; fails if the server (started by
+    /// [`Self::spawn`]) exits, or `timeout` after `started`. `what` completes
+    /// "did not ... within N s".
+    fn wait_until_up(
+        &mut self,
+        kind: Kind,
+        started: Instant,
+        timeout: Duration,
+        what: &str,
+        log: &Path,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let deadline = started + timeout;
+        loop {
+            if probe() {
+                return Ok(());
+            }
+            if let Some(server) = self.servers.iter_mut().rfind(|server| server.kind == kind)
+                && let Some(child) = server.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "{} exited during start-up ({status})\n{}",
+                    kind.title(),
+                    log_tail(log)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not {what} within {}s\n{}",
+                    kind.title(),
+                    timeout.as_secs(),
+                    log_tail(log)
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Announces a server that is up, and sets its variable to `value`.
     fn ready(
         &mut self,
         kind: Kind,
-        url: &str,
+        value: &str,
         title: &str,
         port: u16,
         started: Instant,
@@ -449,7 +587,7 @@ impl Backends {
             "{title} ready on 127.0.0.1:{port} in {}",
             seconds(started.elapsed())
         ));
-        self.env.push((kind.env_var(), url.to_owned()));
+        self.env.push((kind.env_var(), value.to_owned()));
         Ok(())
     }
 
@@ -546,13 +684,13 @@ pub(crate) fn command(args: &[String], workspace_root: &Path) -> Result<()> {
         format!(" --dir {}", shell_quote(&dir.to_string_lossy()))
     };
     match action.as_str() {
-        "start" => start_dev(&dir, &dir_flag),
+        "start" => start_dev(&dir, &dir_flag, workspace_root),
         "stop" => stop_dev(&dir),
         other => bail!("unknown `cargo xtask backends` action `{other}`: use `start` or `stop`"),
     }
 }
 
-fn start_dev(dir: &Path, dir_flag: &str) -> Result<()> {
+fn start_dev(dir: &Path, dir_flag: &str, workspace_root: &Path) -> Result<()> {
     let live = live_entries(dir)?;
     if !live.is_empty() {
         let list: Vec<String> = live
@@ -561,7 +699,7 @@ fn start_dev(dir: &Path, dir_flag: &str) -> Result<()> {
             .collect();
         bail!(
             "{} already running in {}; use {} or stop {} with `cargo xtask backends stop{dir_flag}`",
-            list.join(" and "),
+            join_words(&list.iter().map(String::as_str).collect::<Vec<_>>()),
             dir.display(),
             dir.join(ENV_FILE).display(),
             if live.len() == 1 { "it" } else { "them" },
@@ -582,7 +720,7 @@ fn start_dev(dir: &Path, dir_flag: &str) -> Result<()> {
     }
     create_dir(dir)?;
 
-    let mut backends = Backends::new(dir.to_path_buf(), OnDrop::Stop)?;
+    let mut backends = Backends::new(dir.to_path_buf(), workspace_root, OnDrop::Stop)?;
     backends.start(&Kind::ALL)?;
     let env_file = backends.write_env_file()?;
     // stdout carries only the export lines, so that
@@ -779,6 +917,8 @@ impl Watchdog {
 struct Tools {
     postgres: Option<PostgresTools>,
     mariadb: Option<MariadbTools>,
+    /// Set by [`Tools::ensure_installed`] when asked for [`Kind::Kafka`].
+    tansu: Option<PathBuf>,
 }
 
 struct PostgresTools {
@@ -835,7 +975,11 @@ impl Tools {
                 client: find_program("mariadb")?,
             })
         })();
-        Self { postgres, mariadb }
+        Self {
+            postgres,
+            mariadb,
+            tansu: None,
+        }
     }
 
     /// Packages to install for `kinds`; Debian names.
@@ -850,42 +994,26 @@ impl Tools {
         packages
     }
 
-    /// Finds the programs, installing their packages with apt-get first
-    /// when they are missing and we are root.
-    fn ensure_installed(kinds: &[Kind], root: bool) -> Result<Self> {
-        let tools = Self::find();
+    /// Finds the programs `kinds` need: the databases' packages are
+    /// installed with apt-get first when they are missing and we are root;
+    /// tansu is built into the tools cache when it is not there yet.
+    fn ensure_installed(kinds: &[Kind], workspace_root: &Path) -> Result<Self> {
+        let mut tools = Self::find();
         let missing = tools.missing_packages(kinds);
-        if missing.is_empty() {
-            return Ok(tools);
+        if !missing.is_empty() {
+            apt_install(
+                &missing,
+                "the test servers",
+                Some("run `cargo xtask test --no-backends` to skip the tests that need them"),
+            )?;
+            tools = Self::find();
+            let still = tools.missing_packages(kinds);
+            if !still.is_empty() {
+                bail!("installed {missing:?}, but the programs of {still:?} are still missing");
+            }
         }
-        let install = format!(
-            "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
-             --no-install-recommends {}",
-            missing.join(" ")
-        );
-        if !root {
-            bail!(
-                "the test servers are not installed; install them as root with\n    \
-                 sudo sh -c '{install}'\n\
-                 or run `cargo xtask test --no-backends` to skip the tests that need them"
-            );
-        }
-        if find_program("apt-get").is_none() {
-            bail!(
-                "the test servers are not installed, and apt-get is not available: install {missing:?}"
-            );
-        }
-        note(&format!("installing {}", missing.join(" ")));
-        let _no_services = NoServiceStarts::install();
-        run_to_stderr("apt-get", &["update"])?;
-        let mut args = vec!["install", "-y", "--no-install-recommends"];
-        args.extend(&missing);
-        run_to_stderr("apt-get", &args)?;
-
-        let tools = Self::find();
-        let still = tools.missing_packages(kinds);
-        if !still.is_empty() {
-            bail!("installed {missing:?}, but the programs of {still:?} are still missing");
+        if kinds.contains(&Kind::Kafka) {
+            tools.tansu = Some(ensure_tansu(workspace_root)?);
         }
         Ok(tools)
     }
@@ -901,41 +1029,9 @@ impl Tools {
             .as_ref()
             .context("MariaDB's programs are missing")
     }
-}
 
-/// Keeps `apt-get install` from starting the distribution's own PostgreSQL
-/// and MariaDB services (on 5432 and 3306): an absent
-/// `/usr/sbin/policy-rc.d` is created with `exit 101` and removed on drop.
-/// Docker's Debian images already ship one.
-struct NoServiceStarts(Option<&'static Path>);
-
-impl NoServiceStarts {
-    fn install() -> Self {
-        let path = Path::new("/usr/sbin/policy-rc.d");
-        if path.exists() {
-            return Self(None);
-        }
-        let written = fs::write(
-            path,
-            "#!/bin/sh\n# written by cargo xtask for apt-get install\nexit 101\n",
-        )
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o755)));
-        match written {
-            Ok(()) => Self(Some(path)),
-            Err(err) => {
-                let _ = fs::remove_file(path);
-                eprintln!("[xtask] warning: could not write {}: {err}", path.display());
-                Self(None)
-            }
-        }
-    }
-}
-
-impl Drop for NoServiceStarts {
-    fn drop(&mut self) {
-        if let Some(path) = self.0 {
-            let _ = fs::remove_file(path);
-        }
+    fn tansu(&self) -> Result<&Path> {
+        self.tansu.as_deref().context("tansu is missing")
     }
 }
 
@@ -943,20 +1039,16 @@ fn backends_root(workspace_root: &Path) -> PathBuf {
     workspace_root.join("target").join("xtask-backends")
 }
 
-fn note(message: &str) {
-    eprintln!("[xtask] {message}");
+/// `a`, `a and b`, `a, b and c`.
+fn join_words(words: &[&str]) -> String {
+    match words {
+        [init @ .., last] if !init.is_empty() => format!("{} and {last}", init.join(", ")),
+        _ => words.concat(),
+    }
 }
 
 fn seconds(duration: Duration) -> String {
     format!("{:.1}s", duration.as_secs_f64())
-}
-
-fn is_root() -> Result<bool> {
-    let out = Command::new("id")
-        .arg("-u")
-        .output()
-        .context("could not run `id -u`")?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 /// `(uid, gid)` of a local user, through `id`.
@@ -1051,27 +1143,6 @@ fn run_captured(name: &str, cmd: &mut Command, log: Option<&Path>) -> Result<()>
     bail!(message)
 }
 
-/// Runs a command with its output on stderr (stdout stays for the export
-/// lines).
-fn run_to_stderr(program: &str, args: &[&str]) -> Result<()> {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    cmd.env("DEBIAN_FRONTEND", "noninteractive");
-    cmd.stdout(std::io::stderr());
-    let line = format!(
-        "DEBIAN_FRONTEND=noninteractive {}",
-        crate::command_line(&cmd)
-    );
-    note(&format!("$ {line}"));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    Ok(())
-}
-
 fn log_tail(log: &Path) -> String {
     match fs::read(log) {
         Ok(bytes) => format!(
@@ -1114,16 +1185,6 @@ fn process_state(pid: u32) -> Option<char> {
 /// `1234 (name with) spaces) S 1 ...` -> `S`: the state follows the last `)`.
 fn parse_stat_state(stat: &str) -> Option<char> {
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
-/// Looks for a program on PATH, then in the sbin directories non-root PATHs
-/// often lack.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }
 
 /// The highest of version-named directories (`9.6`, `15`, `16`).
@@ -1202,13 +1263,8 @@ fn parse_pids(text: &str) -> Result<Vec<PidEntry>> {
 /// wiping it cannot destroy anything else.
 fn looks_like_backends_dir(names: &[String]) -> bool {
     names.iter().all(|name| {
-        [
-            Kind::Postgres.name(),
-            Kind::Mariadb.name(),
-            PIDS_FILE,
-            ENV_FILE,
-        ]
-        .contains(&name.as_str())
+        [PIDS_FILE, ENV_FILE].contains(&name.as_str())
+            || Kind::ALL.iter().any(|kind| kind.name() == name)
     })
 }
 
@@ -1284,6 +1340,26 @@ mod tests {
     }
 
     #[test]
+    fn join_words_reads_like_a_list() {
+        assert_eq!(join_words(&[]), "");
+        assert_eq!(join_words(&["PostgreSQL"]), "PostgreSQL");
+        assert_eq!(join_words(&["a", "b"]), "a and b");
+        assert_eq!(join_words(&["a", "b", "c"]), "a, b and c");
+    }
+
+    #[test]
+    fn every_kind_has_its_own_name_and_variable() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_name(kind.name()), Some(kind));
+            let same_var = Kind::ALL
+                .iter()
+                .filter(|other| other.env_var() == kind.env_var());
+            assert_eq!(same_var.count(), 1);
+        }
+        assert!(!Kind::DATABASES.contains(&Kind::Kafka));
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("a\n", 5), "a");
@@ -1292,7 +1368,7 @@ mod tests {
 
     #[test]
     fn only_our_own_files_may_be_wiped() {
-        let ours = ["postgres", "mariadb", "pids", "env"].map(String::from);
+        let ours = ["postgres", "mariadb", "kafka", "pids", "env"].map(String::from);
         assert!(looks_like_backends_dir(&ours));
         assert!(looks_like_backends_dir(&[]));
         assert!(!looks_like_backends_dir(&[

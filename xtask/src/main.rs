@@ -3,10 +3,13 @@
 //! Run `cargo xtask --help` for the list of commands. The alias lives in
 //! `.cargo/config.toml`. This crate keeps its dependencies to `anyhow` and the
 //! standard library so that it builds in seconds on a fresh clone; every step
-//! shells out to `cargo` through [`std::process::Command`], and the test
-//! servers come from the distribution's packages (see [`backends`]).
+//! shells out to `cargo` through [`std::process::Command`], the test
+//! databases come from the distribution's packages and the Kafka broker is
+//! built once with `cargo install` (see [`backends`] and [`tools`]).
 
 mod backends;
+mod system;
+mod tools;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -24,20 +27,26 @@ USAGE:
 
 COMMANDS:
     test [--no-backends] [ARGS...]
-                    start PostgreSQL and MariaDB on 127.0.0.1 (installing them
-                    with apt-get first when missing and running as root), run
-                    the whole workspace test suite, then the doctests, then stop
+                    install the build prerequisites of outbox-kafka (cmake,
+                    libcurl4-openssl-dev) when missing, start PostgreSQL,
+                    MariaDB and a Kafka broker (tansu) on 127.0.0.1, run the
+                    whole workspace test suite, then the doctests, then stop
                     the servers; ARGS go to the test runner (cargo nextest run,
-                    or cargo test when nextest is not installed)
+                    or cargo test when nextest is not installed). Missing
+                    packages are installed with apt-get when running as root;
+                    tansu is built with cargo install on first use (about 5
+                    minutes, once per machine, in target/xtask-tools)
         --no-backends   start no servers: the tests that need them skip (or
                         fail, under CI)
     backends start [--dir DIR]
-                    start both servers in DIR (default target/xtask-backends/dev)
-                    and leave them running; prints their `export ...` lines
-                    (also in DIR/env) for `cargo nextest run -p ...`
+                    start the three servers in DIR (default
+                    target/xtask-backends/dev) and leave them running; prints
+                    their `export ...` lines (also in DIR/env) for
+                    `cargo nextest run -p ...`
     backends stop [--dir DIR]
                     stop the servers `backends start` left in DIR
-    ci              cargo fmt --check, cargo clippy -D warnings, then `test`
+    ci              cargo fmt --check, cargo clippy -D warnings (installing the
+                    build prerequisites first, as `test` does), then `test`
     migrate <up|down|status|fresh> --database-url URL [--steps N]
                     apply (up: all, or N), roll back (down: 1, or N), list
                     (status) or roll back all and re-apply (fresh) the outbox-rs
@@ -57,9 +66,11 @@ ENVIRONMENT:
     CI              when set (and not \"false\" or \"0\"), `test` uses the nextest
                     profile `ci` instead of `default`
     OUTBOX_TEST_POSTGRES_URL, OUTBOX_TEST_MYSQL_URL
-                    the admin URLs the tests create their databases through;
-                    `test` sets them for the servers it starts, and starts no
-                    server for a variable that is already set
+                    the admin URLs the tests create their databases through
+    OUTBOX_TEST_KAFKA_BOOTSTRAP
+                    the Kafka broker's host:port, for the outbox-kafka tests
+                    `test` sets these three for the servers it starts, and
+                    starts no server for a variable that is already set
 ";
 
 /// Exit code for commands that exist but cannot run yet, and for usage errors.
@@ -117,11 +128,16 @@ fn test(extra_args: &[String]) -> Result<()> {
     let workspace = Workspace::locate()?;
     let args = TestArgs::parse(extra_args);
 
-    // Real PostgreSQL and MariaDB servers for the storage tests. The guard
-    // stops them and deletes their directory however this function returns;
-    // its watchdog does the same if xtask is killed (Ctrl-C).
+    // Before anything builds: rdkafka's bundled librdkafka needs CMake and
+    // libcurl's headers.
+    system::ensure_build_packages()?;
+
+    // Real PostgreSQL and MariaDB servers for the storage tests, and a Kafka
+    // broker for outbox-kafka's. The guard stops them and deletes their
+    // directory however this function returns; its watchdog does the same if
+    // xtask is killed (Ctrl-C).
     let backends = if args.start_backends {
-        Backends::for_tests(&workspace.root)?
+        Backends::for_tests(&workspace.root, &Kind::ALL)?
     } else {
         Backends::none()
     };
@@ -204,6 +220,8 @@ impl TestArgs {
 /// `cargo xtask ci`: what CI runs; stops at the first failing step.
 fn ci() -> Result<()> {
     let workspace = Workspace::locate()?;
+    // clippy builds outbox-kafka's dependencies, librdkafka included.
+    system::ensure_build_packages()?;
 
     let mut fmt = workspace.cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
@@ -273,10 +291,10 @@ fn bench(args: &[String]) -> Result<()> {
     step("build bench_claim", &mut build)?;
 
     // Stopped (and their directory deleted) when the guard drops, as for `test`.
-    let backends = Backends::for_tests(&workspace.root)?;
+    let backends = Backends::for_tests(&workspace.root, &Kind::DATABASES)?;
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
-    for kind in Kind::ALL {
+    for kind in Kind::DATABASES {
         let var = kind.env_var();
         let url = backends
             .env()
@@ -348,10 +366,10 @@ impl Workspace {
             .parent()
             .context("xtask's manifest directory has no parent")?
             .to_path_buf();
-        // `cargo run` sets CARGO to the cargo binary that launched us, which
-        // keeps the toolchain consistent (e.g. under `cargo +nightly xtask`).
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        Ok(Self { root, cargo })
+        Ok(Self {
+            root,
+            cargo: cargo_program(),
+        })
     }
 
     fn cargo(&self) -> Command {
@@ -369,6 +387,18 @@ impl Workspace {
             .status()
             .is_ok_and(|status| status.success())
     }
+}
+
+/// The cargo to run: `cargo run` sets CARGO to the cargo binary that launched
+/// us, which keeps the toolchain consistent (e.g. under `cargo +nightly xtask`).
+fn cargo_program() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Progress and advice, on stderr (`backends start` keeps stdout for its
+/// export lines).
+fn note(message: &str) {
+    eprintln!("[xtask] {message}");
 }
 
 fn in_ci() -> bool {

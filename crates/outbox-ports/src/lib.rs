@@ -9,7 +9,10 @@
 //! |---|---|
 //! | [`MessageStore`] | in-memory (test-support), sea-orm (PostgreSQL, MySQL, SQLite) |
 //! | [`Publisher`] | in-memory (test-support), Kafka, Pulsar |
-//! | [`Inbox`] | in-memory (test-support), sea-orm |
+//! | [`Inbox`], [`TransactionalInbox`] | in-memory (test-support), sea-orm |
+//! | [`MessageSource`] | in-memory (test-support), Kafka, Pulsar |
+//! | [`MessageHandler`] | the user's service |
+//! | [`DeadLetterSink`] | in-memory (test-support), sea-orm table, Kafka topic |
 //! | [`CompensationStore`] | in-memory (test-support), sea-orm |
 //! | [`OperationExecutor`] | the user's service |
 //! | [`CursorStore`] | in-memory (test-support), sea-orm |
@@ -21,6 +24,7 @@
 
 mod clock;
 mod compensation;
+mod consumer;
 mod cursor;
 mod error;
 mod inbox;
@@ -31,6 +35,10 @@ pub use clock::{Clock, SystemClock};
 pub use compensation::{
     CompensationFilter, CompensationStore, ExecuteError, OperationExecutor, check_max_retries,
     reservation,
+};
+pub use consumer::{
+    ConsumeError, DeadLetter, DeadLetterSink, HandlerError, IncomingMessage, MessageHandler,
+    MessageSource, TransactionalInbox,
 };
 pub use cursor::{Cursor, CursorPosition, CursorStore};
 pub use error::{StoreError, StoreResult};

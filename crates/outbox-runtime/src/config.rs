@@ -22,6 +22,9 @@ pub enum ConfigError {
     /// The relay id must be non-empty.
     #[error("relay_id must not be empty")]
     EmptyRelayId,
+    /// A name that must be non-empty is blank.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
 }
 
 /// How a [`Relay`](crate::Relay) works. Start from [`RelayConfig::default`] and change

@@ -9,6 +9,10 @@
 //!   settles each message with its own outcome (published, retry with backoff, dead).
 //!   [`Relay::spawn`] runs `concurrency` claim loops plus a lease sweeper that returns
 //!   the work of crashed relays to the pool.
+//! - [`ConsumerRunner`]: consumes a broker subscription for one consumer group, runs
+//!   the user's handler in the same transaction as the inbox record of the message id
+//!   (so a redelivery is skipped), and acknowledges only after the commit; handler
+//!   failures retry with backoff and are then parked as dead letters.
 //! - [`CompensationWorker`]: retries failed batch items through the
 //!   [`OperationExecutor`](outbox_ports::OperationExecutor) port, in bounded batches.
 //!
@@ -18,11 +22,13 @@
 
 mod compensation;
 mod config;
+mod consumer;
 mod relay;
 
 pub use compensation::{
     CompensationConfig, CompensationHandle, CompensationReport, CompensationWorker,
 };
 pub use config::{ConfigError, RelayConfig};
+pub use consumer::{ConsumerConfig, ConsumerCounters, ConsumerRunner};
 pub use relay::{BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker};
 pub use tokio_util::sync::CancellationToken;

@@ -3,6 +3,9 @@
 //! - In-memory adapters of every storage port and a publisher that acts as a broker:
 //!   real, thread-safe implementations that pass the same conformance suites as the
 //!   database and broker adapters, usable in your own tests and in `outbox demo`.
+//! - Consumer-side doubles: [`InMemorySource`] (a partitioned subscription with
+//!   rebalances), [`InMemoryInbox`] as a [`TransactionalInbox`](outbox_ports::TransactionalInbox)
+//!   whose [`MemoryTx`] stages effects, and [`InMemoryDeadLetters`].
 //! - Fault-injecting wrappers ([`FaultyPublisher`], [`FaultyStore`]) that fail N times,
 //!   fail permanently, fail for one key, or delay.
 //! - A [`ManualClock`] for deterministic retry and lease tests.
@@ -19,6 +22,7 @@ mod clock;
 pub mod conformance;
 mod faults;
 mod memory_compensation;
+mod memory_consumer;
 mod memory_inbox;
 mod memory_publisher;
 mod memory_store;
@@ -26,6 +30,7 @@ mod memory_store;
 pub use clock::ManualClock;
 pub use faults::{FaultyPublisher, FaultyStore, StoreOp};
 pub use memory_compensation::InMemoryCompensationStore;
-pub use memory_inbox::{InMemoryCursorStore, InMemoryInbox};
+pub use memory_consumer::{InMemoryDeadLetters, InMemorySource};
+pub use memory_inbox::{InMemoryCursorStore, InMemoryInbox, MemoryTx};
 pub use memory_publisher::InMemoryPublisher;
 pub use memory_store::InMemoryStore;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
 
 mod compensation;
+mod consumer;
 mod mocks;
 mod relay;
 

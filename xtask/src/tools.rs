@@ -1,0 +1,205 @@
+//! Test tools that no distribution package provides, built by xtask once per
+//! machine and cached under `target/xtask-tools/<name>-<version>/`.
+//!
+//! Each tool is built into a temporary sibling directory and renamed into
+//! place only once complete, so the cache directory exists only for a tool
+//! that is finished: a build that is interrupted (Ctrl-C, a full disk) leaves
+//! at worst a `*.partial-<pid>` directory, which the next build removes. (A
+//! finished `bin/tansu` would also do as the marker, since `cargo install`
+//! writes the binary last; the rename keeps the rule the same for tools
+//! installed otherwise, such as a Python package.) Two xtask runs building at
+//! once each build their own copy, and the first to finish wins.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::note;
+
+/// The Kafka-protocol broker for the outbox-kafka tests.
+pub(crate) const TANSU_VERSION: &str = "0.6.0";
+
+/// `cargo install` features for tansu: only the in-memory storage engine
+/// (`memory://`, part of `dynostore`), which keeps out PostgreSQL, SQLite,
+/// S3 and data-lake dependencies; a debug build, which compiles in about
+/// half the time of a release one and is fast enough for the tests.
+const TANSU_INSTALL_ARGS: &[&str] = &[
+    "--locked",
+    "--no-default-features",
+    "--features",
+    "dynostore",
+    "--debug",
+];
+
+/// The cache of all tools: `target/xtask-tools`.
+pub(crate) fn tools_root(workspace_root: &Path) -> PathBuf {
+    workspace_root.join("target").join("xtask-tools")
+}
+
+/// The tansu binary, built first if the cache lacks it (4 to 6 minutes on 2
+/// cores, with `cargo install`).
+pub(crate) fn ensure_tansu(workspace_root: &Path) -> Result<PathBuf> {
+    let name = format!("tansu-{TANSU_VERSION}");
+    let dir = tools_root(workspace_root).join(&name);
+    install_once(&dir, Path::new("bin/tansu"), |partial| {
+        note(&format!(
+            "building tansu {TANSU_VERSION} (the Kafka broker for the tests) with cargo \
+             install; this happens once per machine and takes about 5 minutes"
+        ));
+        let mut install = Command::new(crate::cargo_program());
+        install.args(["install", "tansu", "--version", TANSU_VERSION]);
+        install.args(TANSU_INSTALL_ARGS);
+        install.arg("--root").arg(partial);
+        // Outside the workspace, so that its `.cargo/config.toml` plays no
+        // part; stdout to stderr, where `backends start` sends its progress.
+        install.current_dir(std::env::temp_dir());
+        install.stdout(std::io::stderr());
+        let line = crate::command_line(&install);
+        note(&format!("$ {line}"));
+        let status = install
+            .status()
+            .with_context(|| format!("could not start `{line}`"))?;
+        if !status.success() {
+            bail!("`{line}` failed ({status})");
+        }
+        Ok(())
+    })
+}
+
+/// Returns `dir/binary`, first running `build` on a fresh temporary
+/// directory and renaming it to `dir` when `dir/binary` does not exist.
+fn install_once(
+    dir: &Path,
+    binary: &Path,
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let installed = dir.join(binary);
+    if installed.is_file() {
+        return Ok(installed);
+    }
+    let parent = dir.parent().context("a tool directory has no parent")?;
+    let name = dir
+        .file_name()
+        .context("a tool directory has no name")?
+        .to_string_lossy();
+    fs::create_dir_all(parent).with_context(|| format!("could not create {}", parent.display()))?;
+    remove_abandoned_builds(parent, &name);
+
+    let started = Instant::now();
+    let partial = parent.join(format!("{name}.partial-{}", std::process::id()));
+    if partial.exists() {
+        fs::remove_dir_all(&partial)
+            .with_context(|| format!("could not remove {}", partial.display()))?;
+    }
+    fs::create_dir(&partial).with_context(|| format!("could not create {}", partial.display()))?;
+    if let Err(err) = build(&partial) {
+        let _ = fs::remove_dir_all(&partial);
+        return Err(err);
+    }
+    if !partial.join(binary).is_file() {
+        let _ = fs::remove_dir_all(&partial);
+        bail!("the build of {name} left no {}", binary.display());
+    }
+
+    if dir.exists() && !installed.is_file() {
+        // Not ours, and incomplete: e.g. a `cargo install --root` straight
+        // into the cache that was interrupted.
+        fs::remove_dir_all(dir).with_context(|| format!("could not remove {}", dir.display()))?;
+    }
+    match fs::rename(&partial, dir) {
+        Ok(()) => {}
+        // Another run finished first: keep its copy.
+        Err(_) if installed.is_file() => {
+            let _ = fs::remove_dir_all(&partial);
+        }
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!(
+                    "could not rename {} to {}",
+                    partial.display(),
+                    dir.display()
+                )
+            });
+        }
+    }
+    note(&format!(
+        "{name} built in {:.0}s, cached in {}",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    ));
+    Ok(installed)
+}
+
+/// Removes the `<name>.partial-<pid>` directories of builds whose process is
+/// gone.
+fn remove_abandoned_builds(parent: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let prefix = format!("{name}.partial-");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|file_name| file_name.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            note(&format!(
+                "removing the abandoned build {}",
+                entry.path().display()
+            ));
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-tools-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn install_once_builds_only_when_the_binary_is_missing() {
+        let root = scratch("once");
+        let dir = root.join("tool-1.0");
+        let binary = Path::new("bin/tool");
+        let mut builds = 0;
+        for _ in 0..2 {
+            let path = install_once(&dir, binary, |partial| {
+                builds += 1;
+                assert!(!partial.starts_with(&dir));
+                fs::create_dir_all(partial.join("bin"))?;
+                Ok(fs::write(partial.join(binary), "")?)
+            })
+            .unwrap();
+            assert_eq!(path, dir.join(binary));
+        }
+        assert_eq!(builds, 1);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_failed_build_leaves_nothing_behind() {
+        let root = scratch("failed");
+        let dir = root.join("tool-1.0");
+        let result = install_once(&dir, Path::new("bin/tool"), |partial| {
+            fs::write(partial.join("half"), "")?;
+            bail!("interrupted")
+        });
+        assert!(result.is_err());
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
