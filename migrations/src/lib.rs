@@ -12,6 +12,7 @@
 pub mod schema;
 
 mod m20261121_000001_create_outbox_tables;
+mod m20261121_000002_create_consumer_dead_letters;
 
 use sea_orm_migration::MigrationTrait;
 pub use sea_orm_migration::MigratorTrait;
@@ -28,7 +29,10 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261121_000001_create_outbox_tables::Migration)]
+        vec![
+            Box::new(m20261121_000001_create_outbox_tables::Migration),
+            Box::new(m20261121_000002_create_consumer_dead_letters::Migration),
+        ]
     }
 
     /// Our own bookkeeping table, so that an application that runs its own sea-orm

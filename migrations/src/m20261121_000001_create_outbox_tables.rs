@@ -16,7 +16,12 @@ impl MigrationName for Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        for statement in schema::all_tables(manager.get_database_backend()) {
+        let backend = manager.get_database_backend();
+        let mut statements = schema::outbox_table(backend, schema::OUTBOX_TABLE);
+        statements.extend(schema::inbox_table(backend));
+        statements.extend(schema::cursor_table(backend));
+        statements.extend(schema::compensation_table(backend));
+        for statement in statements {
             db.execute_unprepared(&statement).await?;
         }
         Ok(())

@@ -40,6 +40,8 @@ pub const INBOX_TABLE: &str = "outbox_inbox";
 pub const CURSOR_TABLE: &str = "outbox_cursors";
 /// Name of the compensation table.
 pub const COMPENSATION_TABLE: &str = "outbox_compensations";
+/// Name of the table where consumer groups park the messages they gave up on.
+pub const DEAD_LETTER_TABLE: &str = "outbox_consumer_dead_letters";
 
 /// Column types that differ per backend.
 struct Types {
@@ -268,12 +270,50 @@ pub fn compensation_table(backend: DbBackend) -> Vec<String> {
     )
 }
 
+/// Statements that create the consumer dead-letter table. `dedup_key` is the message
+/// id, or `topic/partition/offset` for a message without one; parking the same message
+/// twice for a group stores it once.
+pub fn dead_letter_table(backend: DbBackend) -> Vec<String> {
+    let t = types(backend);
+    let columns = format!(
+        "
+    seq {seq},
+    consumer_group VARCHAR(249) NOT NULL,
+    dedup_key VARCHAR(300) NOT NULL,
+    message_id {uuid} NULL,
+    topic VARCHAR(249) NOT NULL,
+    broker_partition INTEGER NOT NULL,
+    broker_offset BIGINT NOT NULL,
+    message_key TEXT NULL,
+    headers {json} NOT NULL,
+    payload {bytes} NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    parked_at {time} NOT NULL,
+    CONSTRAINT {table}_dedup_key UNIQUE (consumer_group, dedup_key)",
+        table = DEAD_LETTER_TABLE,
+        seq = t.seq,
+        uuid = t.uuid,
+        json = t.json,
+        bytes = t.bytes,
+        time = t.time,
+    );
+    with_indexes(
+        backend,
+        DEAD_LETTER_TABLE,
+        &columns,
+        t.table_options,
+        &[("group", "consumer_group, seq", "consumer_group, seq", "")],
+    )
+}
+
 /// Every statement of the current schema, in order, with the default table names.
 pub fn all_tables(backend: DbBackend) -> Vec<String> {
     let mut out = outbox_table(backend, OUTBOX_TABLE);
     out.extend(inbox_table(backend));
     out.extend(cursor_table(backend));
     out.extend(compensation_table(backend));
+    out.extend(dead_letter_table(backend));
     out
 }
 

@@ -8,6 +8,7 @@ mod common;
 use common::{Run, Server, outbox, sql, temp_dir};
 
 const MIGRATION: &str = "m20261121_000001_create_outbox_tables";
+const DEAD_LETTERS: &str = "m20261121_000002_create_consumer_dead_letters";
 
 fn migrate(url: &str, args: &[&str]) -> Run {
     let mut all = vec!["migrate"];
@@ -18,34 +19,50 @@ fn migrate(url: &str, args: &[&str]) -> Run {
     run
 }
 
-fn assert_status(url: &str, status: &str) {
+/// `outbox migrate status` reports `first` for the first migration and `second` for
+/// the second.
+fn assert_status(url: &str, first: &str, second: &str) {
     let run = migrate(url, &["status"]);
-    assert!(
-        run.stdout.contains(&format!("{MIGRATION}  {status}\n")),
-        "expected {status}:\n{run}"
-    );
+    for (migration, status) in [(MIGRATION, first), (DEAD_LETTERS, second)] {
+        assert!(
+            run.stdout.contains(&format!("{migration}  {status}\n")),
+            "expected {migration} {status}:\n{run}"
+        );
+    }
 }
 
-/// status → up → status → down → status → up, an application table, fresh.
+/// status → up → status → down (twice) → status → up one step, an application table,
+/// fresh.
 fn up_down_status_fresh(url: &str) {
-    assert_status(url, "Pending");
+    assert_status(url, "Pending", "Pending");
     let run = migrate(url, &["up"]);
-    assert!(
-        run.stdout.contains(&format!("applied      {MIGRATION}")),
-        "{run}"
-    );
-    assert_status(url, "Applied");
+    for migration in [MIGRATION, DEAD_LETTERS] {
+        assert!(
+            run.stdout.contains(&format!("applied      {migration}")),
+            "{run}"
+        );
+    }
+    assert_status(url, "Applied", "Applied");
     sql(url, "SELECT 1 FROM outbox_messages").expect("up creates the outbox table");
+    sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").expect("and the dead letters");
 
     let run = migrate(url, &["up"]);
     assert!(run.stdout.contains("nothing to apply"), "{run}");
 
     let run = migrate(url, &["down"]);
     assert!(
+        run.stdout.contains(&format!("rolled back  {DEAD_LETTERS}")),
+        "down rolls back one step: {run}"
+    );
+    assert_status(url, "Applied", "Pending");
+    assert!(sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").is_err());
+    sql(url, "SELECT 1 FROM outbox_messages").expect("the first migration stays");
+    let run = migrate(url, &["down"]);
+    assert!(
         run.stdout.contains(&format!("rolled back  {MIGRATION}")),
         "{run}"
     );
-    assert_status(url, "Pending");
+    assert_status(url, "Pending", "Pending");
     assert!(
         sql(url, "SELECT 1 FROM outbox_messages").is_err(),
         "down drops the outbox table"
@@ -57,10 +74,10 @@ fn up_down_status_fresh(url: &str) {
     let run = migrate(url, &["fresh"]);
     assert!(
         run.stdout
-            .contains("rolled back and re-applied 1 migration"),
+            .contains("rolled back and re-applied 1 migration(s), applied 1 pending one(s)"),
         "{run}"
     );
-    assert_status(url, "Applied");
+    assert_status(url, "Applied", "Applied");
     sql(url, "SELECT 1 FROM outbox_messages").expect("fresh re-creates the outbox table");
     sql(url, "DELETE FROM app_rows WHERE id = 7").expect("fresh keeps the application's table");
 }

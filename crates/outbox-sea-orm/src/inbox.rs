@@ -1,13 +1,13 @@
 //! [`SeaOrmInbox`]: the consumer side's record of processed message ids.
 
-use crate::dialect::{Dialect, Sql};
+use crate::dialect::{Dialect, Sql, begin_write};
 use crate::error::db_error;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::MessageId;
 use outbox_migrations::schema::INBOX_TABLE;
-use outbox_ports::{Inbox, InboxOutcome, StoreError, StoreResult};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Value};
+use outbox_ports::{Inbox, InboxOutcome, StoreError, StoreResult, TransactionalInbox};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Value};
 
 /// Longest consumer group name the inbox table holds.
 const MAX_GROUP_LEN: usize = 249;
@@ -17,6 +17,10 @@ const MAX_GROUP_LEN: usize = 249;
 /// Use [`process_once`](Self::process_once) inside the transaction that applies the
 /// message's business effect: the id and the effect commit together, so a redelivered
 /// message is recognised and skipped, and a crash before commit leaves neither.
+///
+/// As a [`TransactionalInbox`] (for `outbox-runtime`'s consumer runner) it hands the
+/// handler a [`DatabaseTransaction`]: read committed on PostgreSQL and MySQL, an
+/// immediate (write-locking) transaction on SQLite.
 #[derive(Debug, Clone)]
 pub struct SeaOrmInbox {
     db: DatabaseConnection,
@@ -85,5 +89,32 @@ impl Inbox for SeaOrmInbox {
         now: DateTime<Utc>,
     ) -> StoreResult<InboxOutcome> {
         Self::process_once(&self.db, consumer_group, message_id, now).await
+    }
+}
+
+#[async_trait]
+impl TransactionalInbox for SeaOrmInbox {
+    type Tx = DatabaseTransaction;
+
+    async fn begin(&self) -> StoreResult<DatabaseTransaction> {
+        begin_write(&self.db, Dialect::of(self.db.get_database_backend())).await
+    }
+
+    async fn record_in(
+        &self,
+        tx: &mut DatabaseTransaction,
+        consumer_group: &str,
+        message_id: MessageId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<InboxOutcome> {
+        Self::process_once(&*tx, consumer_group, message_id, now).await
+    }
+
+    async fn commit(&self, tx: DatabaseTransaction) -> StoreResult<()> {
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn rollback(&self, tx: DatabaseTransaction) -> StoreResult<()> {
+        tx.rollback().await.map_err(db_error)
     }
 }

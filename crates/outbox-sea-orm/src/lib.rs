@@ -3,7 +3,9 @@
 //!
 //! This crate sits in the adapter layer (`domain ← ports ← adapters ← runtime`). It
 //! implements [`MessageStore`](outbox_ports::MessageStore) ([`SeaOrmStore`]),
-//! [`Inbox`](outbox_ports::Inbox) ([`SeaOrmInbox`]),
+//! [`Inbox`](outbox_ports::Inbox) and
+//! [`TransactionalInbox`](outbox_ports::TransactionalInbox) ([`SeaOrmInbox`]),
+//! [`DeadLetterSink`](outbox_ports::DeadLetterSink) ([`SeaOrmDeadLetters`]),
 //! [`CursorStore`](outbox_ports::CursorStore) ([`SeaOrmCursorStore`]) and
 //! [`CompensationStore`](outbox_ports::CompensationStore) ([`SeaOrmCompensationStore`])
 //! with hand-written SQL per backend, and translates every database error into a
@@ -43,6 +45,7 @@ compile_error!("enable at least one of the features `postgres`, `mysql` and `sql
 mod compensation;
 mod connect;
 mod cursor;
+mod dead_letter;
 mod dialect;
 mod error;
 mod inbox;
@@ -52,5 +55,6 @@ mod store;
 pub use compensation::SeaOrmCompensationStore;
 pub use connect::{ConnectError, connect, redact_url};
 pub use cursor::SeaOrmCursorStore;
+pub use dead_letter::{ParkedMessage, SeaOrmDeadLetters};
 pub use inbox::SeaOrmInbox;
 pub use store::{SeaOrmStore, StoreConfig};

@@ -67,6 +67,14 @@ impl InMemorySource {
         self.lock().next = 0;
     }
 
+    /// Drops every committed offset and starts over from the beginning, as a group
+    /// whose committed offsets expired does.
+    pub fn forget_acknowledgements(&self) {
+        let mut state = self.lock();
+        state.committed.clear();
+        state.next = 0;
+    }
+
     /// The next `n` receives fail.
     pub fn fail_next_recvs(&self, n: u32) {
         self.lock().recv_failures = n;

@@ -9,6 +9,7 @@
 
 mod concurrency;
 mod conformance;
+mod consumer;
 mod enqueue;
 mod errors;
 mod inbox;
