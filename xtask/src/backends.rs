@@ -483,9 +483,10 @@ impl Backends {
         for var in TANSU_ENV_VARS {
             broker.env_remove(var);
         }
-        // Warnings and errors only: at `info` and below, tansu logs every
-        // span of every request.
-        broker.env("RUST_LOG", "warn");
+        // Warnings and errors only: at `info`, tansu logs every span of every
+        // request (some 80 lines for an ApiVersions). No ANSI colours in the
+        // log file.
+        broker.env("RUST_LOG", "warn").env("NO_COLOR", "1");
         broker.current_dir(&home);
         self.spawn(Kind::Kafka, broker, &home, &log)?;
 

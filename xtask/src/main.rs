@@ -69,8 +69,8 @@ ENVIRONMENT:
                     the admin URLs the tests create their databases through
     OUTBOX_TEST_KAFKA_BOOTSTRAP
                     the Kafka broker's host:port, for the outbox-kafka tests
-                    `test` sets these three for the servers it starts, and
-                    starts no server for a variable that is already set
+    `test` sets these three for the servers it starts, and starts (or builds)
+    no server for a variable that is already set
 ";
 
 /// Exit code for commands that exist but cannot run yet, and for usage errors.
