@@ -117,6 +117,8 @@ fn routes() -> anyhow::Result<RouteRegistry> {
             topic: TopicName::parse("topic", "orders.events")?,
             consumer_group: TopicName::parse("consumer group", CONSUMER_GROUP)?,
             strategy: PersistenceStrategy::DbAndPublish,
+            topic_partitions: None,
+            topic_replication: None,
         }],
         events: EVENTS
             .iter()

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::{NonZeroU16, NonZeroU32};
 
 /// A name rejected by [`Identifier`] or [`TopicName`] validation. A configuration bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +128,15 @@ pub struct ServiceRoute {
     /// Default strategy for its event types.
     #[serde(default)]
     pub strategy: PersistenceStrategy,
+    /// Partition count of `topic`, for topic provisioning; `None` leaves it to the
+    /// broker's default. More partitions spread the load over more consumers; changing
+    /// it later moves keys to other partitions, so choose it up front.
+    #[serde(default)]
+    pub topic_partitions: Option<NonZeroU32>,
+    /// Replication factor of `topic`, for topic provisioning; `None` for the broker's
+    /// default.
+    #[serde(default)]
+    pub topic_replication: Option<NonZeroU16>,
 }
 
 /// One event type's route, resolved against its service.
@@ -269,6 +279,8 @@ mod tests {
             topic: TopicName::parse("topic", "orders.events").unwrap(),
             consumer_group: TopicName::parse("group", "orders-consumers").unwrap(),
             strategy: PersistenceStrategy::DbAndPublish,
+            topic_partitions: None,
+            topic_replication: None,
         }
     }
 

@@ -227,6 +227,34 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// The headers a dead-letter topic carries: the message's own headers, then the
+    /// `header::DEAD_LETTER_*` fields (which replace any the message already had, so a
+    /// message parked twice on its way through several groups says where it failed
+    /// last). Every broker adapter uses this one mapping.
+    pub fn wire_headers(&self) -> Vec<(String, String)> {
+        let m = &self.message;
+        let ours = [
+            (header::DEAD_LETTER_REASON, self.reason.clone()),
+            (header::DEAD_LETTER_GROUP, self.consumer_group.clone()),
+            (header::DEAD_LETTER_ATTEMPTS, self.attempts.to_string()),
+            (
+                header::DEAD_LETTER_SOURCE,
+                format!("{}/{}/{}", m.topic, m.partition, m.offset),
+            ),
+            (header::DEAD_LETTER_PARKED_AT, self.parked_at.to_rfc3339()),
+        ];
+        let mut out: Vec<(String, String)> = m
+            .headers
+            .iter()
+            .filter(|(name, _)| !ours.iter().any(|(n, _)| n == name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        out.extend(ours.into_iter().map(|(n, v)| (n.to_owned(), v)));
+        out
+    }
+}
+
 /// Where a consumer group parks messages it gave up on (a dead-letter table or topic),
 /// so its partition can move on.
 ///

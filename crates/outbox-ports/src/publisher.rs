@@ -99,6 +99,16 @@ pub mod header {
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
     pub const TRACESTATE: &str = "tracestate";
+    /// On a dead-letter topic: why the consumer group gave up on the message.
+    pub const DEAD_LETTER_REASON: &str = "outbox-dead-letter-reason";
+    /// On a dead-letter topic: the consumer group that gave up.
+    pub const DEAD_LETTER_GROUP: &str = "outbox-dead-letter-group";
+    /// On a dead-letter topic: how many times the handler ran.
+    pub const DEAD_LETTER_ATTEMPTS: &str = "outbox-dead-letter-attempts";
+    /// On a dead-letter topic: where the message was read, `topic/partition/offset`.
+    pub const DEAD_LETTER_SOURCE: &str = "outbox-dead-letter-source";
+    /// On a dead-letter topic: when it was parked (RFC 3339).
+    pub const DEAD_LETTER_PARKED_AT: &str = "outbox-dead-letter-parked-at";
 }
 
 /// The headers a publisher sends with `message`: the envelope fields under the

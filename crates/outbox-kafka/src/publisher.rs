@@ -1,0 +1,166 @@
+//! [`KafkaPublisher`]: the idempotent producer behind the relay.
+
+use crate::config::{KafkaConfig, KafkaConfigError, millis};
+use crate::outcome::publish_error;
+use async_trait::async_trait;
+use futures::future::join_all;
+use outbox_domain::OutboxMessage;
+use outbox_ports::{PublishError, PublishOutcome, Publisher, wire_headers};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use tracing::{error, warn};
+
+/// Settings the publisher derives from [`KafkaConfig`]'s typed fields.
+const MANAGED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set KafkaConfig::bootstrap_servers"),
+    ("message.timeout.ms", "set KafkaConfig::delivery_timeout"),
+    ("delivery.timeout.ms", "set KafkaConfig::delivery_timeout"),
+    (
+        "queue.buffering.max.kbytes",
+        "set KafkaConfig::max_buffered_kbytes",
+    ),
+];
+
+/// Extra time, beyond the delivery timeout, that `publish` waits for librdkafka's own
+/// delivery report before it gives up on a message itself.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+
+/// Publishes outbox messages to Kafka with an idempotent producer.
+///
+/// - `enable.idempotence=true` and `acks=all` by default: the broker drops the
+///   duplicates of librdkafka's internal retries and keeps each partition in send
+///   order.
+/// - The partition key is the Kafka message key (so one key stays on one partition),
+///   and [`wire_headers`] become Kafka headers.
+/// - Per-key order through retries: the relay never hands over a message while an
+///   earlier one of its key is unsettled (the claim's per-key rule), so at most one
+///   message per key is ever in flight and a failed message is retried before its
+///   successors are even claimed.
+/// - Each message gets its own outcome from its delivery report; see the crate docs
+///   for which errors are transient and which permanent.
+/// - librdkafka buffers at most [`max_buffered_kbytes`](KafkaConfig::max_buffered_kbytes);
+///   a full buffer makes `publish` wait for room.
+/// - After a fatal producer error (the idempotence guarantee could not be kept) the
+///   producer is replaced, and the messages of that batch are retried.
+pub struct KafkaPublisher {
+    config: KafkaConfig,
+    producer: RwLock<Arc<FutureProducer>>,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("bootstrap_servers", &self.config.bootstrap_servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// A publisher for `config`. Connects lazily: a broker that is down shows up as
+    /// transient outcomes, not here.
+    pub fn new(config: KafkaConfig) -> Result<Self, KafkaConfigError> {
+        let producer = build_producer(&config)?;
+        Ok(Self {
+            config,
+            producer: RwLock::new(Arc::new(producer)),
+        })
+    }
+
+    fn producer(&self) -> Arc<FutureProducer> {
+        Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces `failed` after a fatal error; a no-op if another batch already did.
+    fn replace_producer(&self, failed: &Arc<FutureProducer>) {
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match build_producer(&self.config) {
+            Ok(fresh) => *current = Arc::new(fresh),
+            Err(e) => error!(error = %e, "could not rebuild the Kafka producer"),
+        }
+    }
+}
+
+/// The idempotent producer of `config`, after checking it.
+pub(crate) fn build_producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaConfigError> {
+    config.validate(MANAGED)?;
+    config
+        .client_config(&[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("message.timeout.ms", millis(config.delivery_timeout)),
+            (
+                "queue.buffering.max.kbytes",
+                config.max_buffered_kbytes.to_string(),
+            ),
+            // Keys map to partitions the way the Java client does, so other producers
+            // of the same topic agree on where a key lives.
+            ("partitioner", "murmur2_random".into()),
+        ])
+        .create()
+        .map_err(|e| KafkaConfigError::Client(e.to_string()))
+}
+
+pub(crate) fn kafka_headers(headers: Vec<(String, String)>) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        },
+    )
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
+        let producer = self.producer();
+        let payloads: Vec<_> = batch.iter().map(|m| m.payload.to_bytes()).collect();
+        let wait = self.config.delivery_timeout + REPORT_GRACE;
+        let sends = batch.iter().zip(&payloads).map(|(m, payload)| {
+            let record = FutureRecord::to(&m.topic)
+                .key(&m.partition_key)
+                .payload(payload.as_ref())
+                .headers(kafka_headers(wire_headers(m)));
+            let send = producer.send(record, Timeout::After(self.config.delivery_timeout));
+            async move {
+                match tokio::time::timeout(wait, send).await {
+                    Ok(Ok(_delivery)) => Ok(()),
+                    Ok(Err((e, _))) => Err(publish_error(&e)),
+                    Err(_) => Err(PublishError::transient(format!(
+                        "kafka: no delivery report within {wait:?}"
+                    ))),
+                }
+            }
+        });
+        let outcomes = join_all(sends).await;
+        if outcomes.iter().any(Result::is_err)
+            && let Some((code, reason)) = producer.client().fatal_error()
+        {
+            error!(?code, %reason, "fatal Kafka producer error; replacing the producer");
+            self.replace_producer(&producer);
+        }
+        outcomes
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        let producer = self.producer();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| PublishError::transient(format!("flush task failed: {e}")))?;
+        flushed.map_err(|e| {
+            warn!(error = %e, "Kafka producer flush incomplete");
+            publish_error(&e)
+        })
+    }
+}

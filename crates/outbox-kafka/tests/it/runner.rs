@@ -1,0 +1,133 @@
+//! The consumer runner on a real consumer group: offsets are committed only for
+//! handled messages, a restarted group resumes after them, and a message the handler
+//! rejects is parked on the dead-letter topic with its reason.
+
+use crate::{broker, create_topic, read_topic, unique_topic};
+use async_trait::async_trait;
+use chrono::Utc;
+use outbox_domain::{OutboxMessage, Payload};
+use outbox_kafka::{KafkaDeadLetterTopic, KafkaPublisher, KafkaSource};
+use outbox_ports::{HandlerError, IncomingMessage, MessageHandler, Publisher, header};
+use outbox_runtime::{CancellationToken, ConsumerConfig, ConsumerCounters, ConsumerRunner};
+use outbox_test_support::{InMemoryInbox, MemoryTx};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+struct Handler;
+
+#[async_trait]
+impl MessageHandler<MemoryTx> for Handler {
+    async fn handle(&self, tx: &mut MemoryTx, m: &IncomingMessage) -> Result<(), HandlerError> {
+        let body = String::from_utf8_lossy(&m.payload).into_owned();
+        if body.contains("poison") {
+            return Err(HandlerError::reject("poison pill"));
+        }
+        tx.push_effect(body);
+        Ok(())
+    }
+}
+
+fn message(topic: &str, key: &str, body: &str) -> OutboxMessage {
+    OutboxMessage::new(
+        "orders",
+        "order.changed",
+        topic,
+        key,
+        Payload::Bytes {
+            content_type: "text/plain".into(),
+            data: body.as_bytes().to_vec(),
+        },
+        Utc::now(),
+    )
+}
+
+struct Group {
+    topic: String,
+    dead_topic: String,
+    group: String,
+    inbox: InMemoryInbox,
+}
+
+impl Group {
+    /// Runs the group until `done` holds, then shuts it down gracefully.
+    async fn run_until(
+        &self,
+        done: impl Fn(&InMemoryInbox, &ConsumerCounters) -> bool,
+    ) -> Arc<ConsumerCounters> {
+        let config = broker();
+        let runner = ConsumerRunner::new(
+            Arc::new(KafkaSource::new(&config, &self.group, &[&self.topic]).unwrap()),
+            Arc::new(self.inbox.clone()),
+            Arc::new(Handler),
+            Arc::new(KafkaDeadLetterTopic::new(&config, &self.dead_topic).unwrap()),
+            ConsumerConfig::new(&self.group),
+        )
+        .unwrap();
+        let counters = runner.counters();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(runner.run(shutdown.clone()));
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !done(&self.inbox, &counters) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("group did not finish: {counters:?}"));
+        shutdown.cancel();
+        task.await.unwrap().expect("close commits the offsets");
+        counters
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_follow_the_inbox_and_rejected_messages_are_parked_on_a_topic() {
+    let config = broker();
+    let group = Group {
+        topic: unique_topic("runner"),
+        dead_topic: unique_topic("runner.dead"),
+        group: unique_topic("group"),
+        inbox: InMemoryInbox::new(),
+    };
+    create_topic(&config, &group.topic, 3).await;
+    create_topic(&config, &group.dead_topic, 1).await;
+    let publisher = KafkaPublisher::new(config.clone()).unwrap();
+    let mut batch: Vec<_> = (0..30)
+        .map(|n| message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
+        .collect();
+    let poison = message(&group.topic, "k1", "poison");
+    batch.push(poison.clone());
+    assert!(publisher.publish(&batch).await.iter().all(Result::is_ok));
+
+    let first = group
+        .run_until(|inbox, c| inbox.effects().len() == 30 && c.parked.load(Ordering::Relaxed) == 1)
+        .await;
+    assert_eq!(first.processed.load(Ordering::Relaxed), 30);
+
+    let parked = read_topic(&config, &group.dead_topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(parked.len(), 1);
+    let p = &parked[0];
+    assert_eq!(p.key.as_deref(), Some("k1"));
+    assert_eq!(p.payload, b"poison");
+    assert_eq!(p.headers[header::MESSAGE_ID], poison.id.to_string());
+    assert_eq!(p.headers[header::DEAD_LETTER_REASON], "poison pill");
+    assert_eq!(p.headers[header::DEAD_LETTER_GROUP], group.group);
+    assert_eq!(p.headers[header::DEAD_LETTER_ATTEMPTS], "1");
+    assert!(p.headers[header::DEAD_LETTER_SOURCE].starts_with(&format!("{}/", group.topic)));
+
+    // The group restarts: it resumes after its committed offsets, so only the new
+    // messages arrive.
+    let more: Vec<_> = (30..35)
+        .map(|n| message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
+        .collect();
+    assert!(publisher.publish(&more).await.iter().all(Result::is_ok));
+    let second = group
+        .run_until(|inbox, _| inbox.effects().len() == 35)
+        .await;
+    assert_eq!(second.received.load(Ordering::Relaxed), 5, "{second:?}");
+    assert_eq!(second.duplicates.load(Ordering::Relaxed), 0);
+    let mut effects = group.inbox.effects();
+    effects.sort();
+    effects.dedup();
+    assert_eq!(effects.len(), 35, "each message once");
+}
