@@ -116,3 +116,39 @@ impl KafkaConfig {
 pub(crate) fn millis(d: Duration) -> String {
     d.as_millis().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_configurations_name_what_to_fix() {
+        let managed = [("message.timeout.ms", "set KafkaConfig::delivery_timeout")];
+        assert_eq!(
+            KafkaConfig::new(" ").validate(&managed),
+            Err(KafkaConfigError::NoBootstrapServers)
+        );
+        let mut zero = KafkaConfig::new("k:9092");
+        zero.delivery_timeout = Duration::ZERO;
+        assert!(matches!(
+            zero.validate(&managed),
+            Err(KafkaConfigError::Duration {
+                name: "delivery_timeout",
+                ..
+            })
+        ));
+        let overridden = KafkaConfig::new("k:9092").with_property("message.timeout.ms", "1");
+        let err = overridden.validate(&managed).unwrap_err();
+        assert!(
+            err.to_string().contains("KafkaConfig::delivery_timeout"),
+            "{err}"
+        );
+        let tuned = KafkaConfig::new("k:9092").with_property("linger.ms", "20");
+        assert_eq!(tuned.validate(&managed), Ok(()));
+        assert_eq!(
+            tuned.client_config(&[]).get("linger.ms"),
+            Some("20"),
+            "passthrough properties reach librdkafka"
+        );
+    }
+}

@@ -74,8 +74,7 @@ impl ConsumerConfig {
 }
 
 fn policy(base: Duration, cap: Duration, attempts: u32) -> BackoffPolicy {
-    #[allow(clippy::expect_used)] // constant, valid arguments
-    BackoffPolicy::new(base, 2.0, cap, attempts).expect("valid backoff")
+    BackoffPolicy::new(base, 2.0, cap, attempts).expect("constant, valid backoff")
 }
 
 /// Running totals of a consumer runner. Cheap to read at any time.
