@@ -131,3 +131,89 @@ async fn offsets_follow_the_inbox_and_rejected_messages_are_parked_on_a_topic() 
     effects.dedup();
     assert_eq!(effects.len(), 35, "each message once");
 }
+
+/// Handles slowly (10 ms a message), so a rebalance lands while partitions are busy.
+struct Slow;
+
+#[async_trait]
+impl MessageHandler<MemoryTx> for Slow {
+    async fn handle(&self, tx: &mut MemoryTx, m: &IncomingMessage) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.push_effect(String::from_utf8_lossy(&m.payload).into_owned());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_member_joining_mid_stream_loses_and_doubles_nothing() {
+    const KEYS: usize = 8;
+    const PER_KEY: usize = 60;
+    // Heartbeats often enough that the first member hears of the rebalance quickly.
+    let config = broker().with_property("heartbeat.interval.ms", "200");
+    let topic = unique_topic("rebalance");
+    let group = unique_topic("rebalance-group");
+    create_topic(&config, &topic, 4).await;
+    let publisher = KafkaPublisher::new(config.clone()).unwrap();
+    for n in 0..PER_KEY {
+        let batch: Vec<_> = (0..KEYS)
+            .map(|k| message(&topic, &format!("k{k}"), &format!("k{k}:{n:03}")))
+            .collect();
+        assert!(publisher.publish(&batch).await.iter().all(Result::is_ok));
+    }
+    // Both members write to one inbox, as two instances of a service share a database.
+    let inbox = InMemoryInbox::new();
+    let member = |shutdown: &CancellationToken| {
+        let mut consumer = ConsumerConfig::new(&group);
+        consumer.lanes = 2;
+        let runner = ConsumerRunner::new(
+            Arc::new(KafkaSource::new(&config, &group, &[&topic]).unwrap()),
+            Arc::new(inbox.clone()),
+            Arc::new(Slow),
+            Arc::new(outbox_test_support::InMemoryDeadLetters::new()),
+            consumer,
+        )
+        .unwrap();
+        let counters = runner.counters();
+        (counters, tokio::spawn(runner.run(shutdown.clone())))
+    };
+    let shutdown = CancellationToken::new();
+    let (first, first_task) = member(&shutdown);
+    let wait_for = |n: usize| {
+        let inbox = inbox.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while inbox.effects().len() < n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} effects", inbox.effects().len()));
+        }
+    };
+    wait_for(40).await;
+    let (second, second_task) = member(&shutdown);
+    wait_for(KEYS * PER_KEY).await;
+    shutdown.cancel();
+    first_task.await.unwrap().unwrap();
+    second_task.await.unwrap().unwrap();
+
+    let effects = inbox.effects();
+    assert_eq!(effects.len(), KEYS * PER_KEY, "each message once");
+    for k in 0..KEYS {
+        let of_key: Vec<_> = effects
+            .iter()
+            .filter(|e| e.starts_with(&format!("k{k}:")))
+            .collect();
+        assert!(of_key.is_sorted(), "key k{k} out of order: {of_key:?}");
+    }
+    // The join revoked partitions mid-stream: either the second member got some, or
+    // (tansu hands them all back to the first) the first had its uncommitted messages
+    // redelivered, and the inbox absorbed them.
+    let redelivered =
+        first.duplicates.load(Ordering::Relaxed) + second.duplicates.load(Ordering::Relaxed);
+    assert!(
+        second.received.load(Ordering::Relaxed) > 0 || redelivered > 0,
+        "no rebalance was observed: {first:?} {second:?}"
+    );
+    println!("rebalance: first {first:?}, second {second:?}");
+}
