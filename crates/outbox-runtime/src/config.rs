@@ -25,6 +25,9 @@ pub enum ConfigError {
     /// A name that must be non-empty is blank.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// A name broke its charset or length rule.
+    #[error(transparent)]
+    InvalidName(#[from] outbox_domain::InvalidIdentifier),
 }
 
 /// How a [`Relay`](crate::Relay) works. Start from [`RelayConfig::default`] and change

@@ -2,7 +2,7 @@
 
 use crate::ConfigError;
 use futures::FutureExt;
-use outbox_domain::{BackoffPolicy, ErrorText, MessageId};
+use outbox_domain::{BackoffPolicy, ErrorText, MessageId, TopicName};
 use outbox_ports::{
     Clock, ConsumeError, DeadLetter, DeadLetterSink, HandlerError, InboxOutcome, IncomingMessage,
     MessageHandler, MessageSource, StoreError, SystemClock, TransactionalInbox,
@@ -64,6 +64,8 @@ impl ConsumerConfig {
         if self.consumer_group.trim().is_empty() {
             return Err(ConfigError::Empty("consumer_group"));
         }
+        // The inbox and the brokers take the same names as the routes' consumer groups.
+        TopicName::parse("consumer group", &self.consumer_group)?;
         for (name, n) in [("lanes", self.lanes), ("lane_capacity", self.lane_capacity)] {
             if n == 0 {
                 return Err(ConfigError::Zero(name));

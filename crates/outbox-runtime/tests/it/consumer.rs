@@ -407,6 +407,8 @@ fn bad_configuration_is_rejected() {
         build(ConsumerConfig::new(" ")).as_deref(),
         Some("consumer_group must not be empty")
     );
+    let too_long = build(ConsumerConfig::new("g".repeat(250))).unwrap();
+    assert!(too_long.contains("invalid consumer group"), "{too_long}");
     let mut c = config();
     c.lanes = 0;
     assert_eq!(build(c).as_deref(), Some("lanes must be at least 1"));
