@@ -104,6 +104,13 @@ pub(crate) fn build_producer(config: &KafkaConfig) -> Result<FutureProducer, Kaf
             // Keys map to partitions the way the Java client does, so other producers
             // of the same topic agree on where a key lives.
             ("partitioner", "murmur2_random".into()),
+            // A topic missing from the metadata fails its messages with UnknownTopic
+            // (permanent) after this long. librdkafka's default, 30 s, outlasts the
+            // delivery timeout, so a missing topic would only ever time out (transient).
+            (
+                "topic.metadata.propagation.max.ms",
+                millis(config.delivery_timeout / 2),
+            ),
         ])
         .create()
         .map_err(|e| KafkaConfigError::Client(e.to_string()))

@@ -120,3 +120,35 @@ fn specs_come_from_the_routes_and_conflicts_are_refused() {
         Err(ProvisionError::ConflictingLayout { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_missing_topic_is_a_permanent_failure_of_its_messages_only() {
+    use outbox_ports::Publisher;
+    let mut config = broker();
+    config.delivery_timeout = std::time::Duration::from_secs(3);
+    let publisher = outbox_kafka::KafkaPublisher::new(config).unwrap();
+    let missing = unique_topic("missing");
+    let existing = unique_topic("existing");
+    crate::create_topic(&broker(), &existing, 1).await;
+    let message = |topic: &str| {
+        outbox_domain::OutboxMessage::new(
+            "orders",
+            "order.created",
+            topic,
+            "k",
+            outbox_domain::Payload::Json(serde_json::json!({})),
+            chrono::Utc::now(),
+        )
+    };
+    let outcomes = publisher
+        .publish(&[message(&missing), message(&existing)])
+        .await;
+    let err = outcomes[0].clone().unwrap_err();
+    assert_eq!(
+        err.kind,
+        outbox_ports::PublishErrorKind::Permanent,
+        "{err:?}"
+    );
+    assert!(err.message.contains("UnknownTopic"), "{err:?}");
+    assert!(outcomes[1].is_ok(), "the other message is unaffected");
+}
