@@ -42,8 +42,9 @@ pub struct KafkaConfig {
     /// `host:port[,host:port…]`.
     pub bootstrap_servers: String,
     /// How long the producer tries to deliver one message (`message.timeout.ms`)
-    /// before it reports a transient failure. Keep it below the relay's
-    /// `publish_timeout`, so every message gets its own outcome. Default 8 s.
+    /// before it reports a transient failure. Default 7 s, which keeps
+    /// `KafkaPublisher::max_publish_time` (1.25 × this + 1 s) below the relay's default
+    /// `publish_timeout` of 10 s, so every message gets its own outcome.
     pub delivery_timeout: Duration,
     /// The most the producer buffers, in KiB (`queue.buffering.max.kbytes`); a full
     /// buffer makes `publish` wait up to `delivery_timeout` for room. Default 64 MiB.
@@ -59,7 +60,7 @@ impl KafkaConfig {
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
-            delivery_timeout: Duration::from_secs(8),
+            delivery_timeout: Duration::from_secs(7),
             max_buffered_kbytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
             properties: BTreeMap::new(),

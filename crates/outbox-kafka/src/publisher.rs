@@ -26,7 +26,7 @@ const MANAGED: &[(&str, &str)] = &[
 
 /// Extra time, beyond the delivery timeout, that `publish` waits for librdkafka's own
 /// delivery report before it gives up on a message itself.
-const REPORT_GRACE: Duration = Duration::from_secs(5);
+const REPORT_GRACE: Duration = Duration::from_secs(1);
 
 /// Publishes outbox messages to Kafka with an idempotent producer.
 ///
@@ -42,7 +42,9 @@ const REPORT_GRACE: Duration = Duration::from_secs(5);
 /// - Each message gets its own outcome from its delivery report; see the crate docs
 ///   for which errors are transient and which permanent.
 /// - librdkafka buffers at most [`max_buffered_kbytes`](KafkaConfig::max_buffered_kbytes);
-///   a full buffer makes `publish` wait for room.
+///   a full buffer makes `publish` wait for room (a quarter of the delivery timeout),
+///   then report `QueueFull` (transient). A call never takes longer than
+///   [`max_publish_time`](Self::max_publish_time).
 /// - After a fatal producer error (the idempotence guarantee could not be kept) the
 ///   producer is replaced, and the messages of that batch are retried.
 pub struct KafkaPublisher {
@@ -67,6 +69,18 @@ impl KafkaPublisher {
             config,
             producer: RwLock::new(Arc::new(producer)),
         })
+    }
+
+    /// The longest one `publish` call can take: waiting for buffer room (a quarter of
+    /// the delivery timeout), the delivery timeout itself, and a second of grace for
+    /// the report. Keep it below the relay's `publish_timeout`, or a slow batch is
+    /// failed as a whole by the relay instead of message by message.
+    pub fn max_publish_time(&self) -> Duration {
+        self.queue_wait() + self.config.delivery_timeout + REPORT_GRACE
+    }
+
+    fn queue_wait(&self) -> Duration {
+        self.config.delivery_timeout / 4
     }
 
     fn producer(&self) -> Arc<FutureProducer> {
@@ -133,13 +147,13 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome> {
         let producer = self.producer();
         let payloads: Vec<_> = batch.iter().map(|m| m.payload.to_bytes()).collect();
-        let wait = self.config.delivery_timeout + REPORT_GRACE;
+        let wait = self.max_publish_time();
         let sends = batch.iter().zip(&payloads).map(|(m, payload)| {
             let record = FutureRecord::to(&m.topic)
                 .key(&m.partition_key)
                 .payload(payload.as_ref())
                 .headers(kafka_headers(wire_headers(m)));
-            let send = producer.send(record, Timeout::After(self.config.delivery_timeout));
+            let send = producer.send(record, Timeout::After(self.queue_wait()));
             async move {
                 match tokio::time::timeout(wait, send).await {
                     Ok(Ok(_delivery)) => Ok(()),
