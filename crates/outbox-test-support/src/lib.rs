@@ -8,6 +8,8 @@
 //!   whose [`MemoryTx`] stages effects, and [`InMemoryDeadLetters`].
 //! - Fault-injecting wrappers ([`FaultyPublisher`], [`FaultyStore`]) that fail N times,
 //!   fail permanently, fail for one key, or delay.
+//! - With the `sea-orm` feature, `SqlEffects`: a consumer handler that writes its effect
+//!   in the inbox's database transaction and checks per-key order in SQL.
 //! - A [`ManualClock`] for deterministic retry and lease tests.
 //! - The **conformance suites** ([`conformance`]): one per port (message store,
 //!   publisher, inbox, cursor store, compensation store). Every adapter crate runs them
@@ -26,6 +28,8 @@ mod memory_consumer;
 mod memory_inbox;
 mod memory_publisher;
 mod memory_store;
+#[cfg(feature = "sea-orm")]
+mod sql_effects;
 
 pub use clock::ManualClock;
 pub use faults::{FaultyPublisher, FaultyStore, StoreOp};
@@ -34,3 +38,5 @@ pub use memory_consumer::{InMemoryDeadLetters, InMemorySource};
 pub use memory_inbox::{InMemoryCursorStore, InMemoryInbox, MemoryTx};
 pub use memory_publisher::InMemoryPublisher;
 pub use memory_store::InMemoryStore;
+#[cfg(feature = "sea-orm")]
+pub use sql_effects::{EFFECTS_TABLE, SqlEffects};

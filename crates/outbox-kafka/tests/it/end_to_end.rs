@@ -4,18 +4,16 @@
 //! is left pending.
 
 use crate::{broker, unique_topic};
-use async_trait::async_trait;
 use chrono::Utc;
 use outbox_domain::{BackoffPolicy, OutboxMessage, Payload};
 use outbox_kafka::{KafkaPublisher, KafkaSource, Provisioning, TopicSpec, ensure_topics};
-use outbox_ports::{HandlerError, IncomingMessage, MessageHandler, MessageStore, header};
+use outbox_ports::MessageStore;
 use outbox_runtime::{CancellationToken, ConsumerConfig, ConsumerRunner, Relay, RelayConfig};
 use outbox_sea_orm::{SeaOrmDeadLetters, SeaOrmInbox, SeaOrmStore, StoreConfig};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement, TransactionTrait,
-};
+use outbox_test_support::SqlEffects;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const KEYS: usize = 50;
@@ -38,53 +36,6 @@ async fn fresh_postgres() -> DatabaseConnection {
         .unwrap()
 }
 
-/// Writes `(message_id, key, n)` with the inbox record, counting any `n` that does not
-/// follow its key's last committed one.
-struct Effects {
-    order_violations: AtomicU64,
-}
-
-#[async_trait]
-impl MessageHandler<DatabaseTransaction> for Effects {
-    async fn handle(
-        &self,
-        tx: &mut DatabaseTransaction,
-        m: &IncomingMessage,
-    ) -> Result<(), HandlerError> {
-        let key = m.key.clone().unwrap_or_default();
-        let body: serde_json::Value =
-            serde_json::from_slice(&m.payload).map_err(|e| HandlerError::reject(e.to_string()))?;
-        let n = body["n"]
-            .as_i64()
-            .ok_or_else(|| HandlerError::reject("no n"))?;
-        let backend = tx.get_database_backend();
-        let last = tx
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                "SELECT MAX(n) AS last FROM consumer_effects WHERE k = $1",
-                [key.clone().into()],
-            ))
-            .await
-            .map_err(|e| HandlerError::retry(e.to_string()))?
-            .and_then(|row| row.try_get::<Option<i64>>("", "last").ok().flatten());
-        if last.is_some_and(|last| last + 1 != n) || (last.is_none() && n != 0) {
-            self.order_violations.fetch_add(1, Ordering::SeqCst);
-        }
-        tx.execute_raw(Statement::from_sql_and_values(
-            backend,
-            "INSERT INTO consumer_effects (message_id, k, n) VALUES ($1, $2, $3)",
-            [
-                m.headers[header::MESSAGE_ID].clone().into(),
-                key.into(),
-                n.into(),
-            ],
-        ))
-        .await
-        .map_err(|e| HandlerError::retry(e.to_string()))?;
-        Ok(())
-    }
-}
-
 async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
     db.query_one_raw(Statement::from_string(db.get_database_backend(), sql))
         .await
@@ -99,12 +50,7 @@ async fn ten_thousand_messages_from_postgres_through_kafka_into_the_inbox() {
     let db = fresh_postgres().await;
     let store = SeaOrmStore::new(db.clone(), StoreConfig::default()).unwrap();
     store.create_tables().await.unwrap();
-    db.execute_unprepared(
-        "CREATE TABLE consumer_effects (message_id TEXT PRIMARY KEY, k TEXT NOT NULL, n BIGINT \
-         NOT NULL)",
-    )
-    .await
-    .unwrap();
+    SqlEffects::create_table(&db).await.unwrap();
     let kafka = broker();
     let topic = unique_topic("e2e");
     let group = unique_topic("e2e-group");
@@ -154,9 +100,7 @@ async fn ten_thousand_messages_from_postgres_through_kafka_into_the_inbox() {
         relays.push(relay.spawn(shutdown.clone()));
     }
 
-    let effects = Arc::new(Effects {
-        order_violations: AtomicU64::new(0),
-    });
+    let effects = Arc::new(SqlEffects::default());
     let mut consumer = ConsumerConfig::new(&group);
     consumer.lanes = 6;
     let runner = ConsumerRunner::new(
@@ -186,11 +130,7 @@ async fn ten_thousand_messages_from_postgres_through_kafka_into_the_inbox() {
         assert!(relay.shutdown().await);
     }
 
-    assert_eq!(
-        effects.order_violations.load(Ordering::SeqCst),
-        0,
-        "per-key order"
-    );
+    assert_eq!(effects.order_violations(), 0, "per-key order");
     assert_eq!(
         scalar(
             &db,

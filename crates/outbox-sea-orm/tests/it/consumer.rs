@@ -4,92 +4,19 @@
 
 use crate::enqueue::on_every_backend;
 use crate::{Backend, fresh_db};
-use async_trait::async_trait;
 use chrono::Utc;
 use outbox_domain::{OutboxMessage, Payload};
-use outbox_ports::{
-    DeadLetter, DeadLetterSink, HandlerError, IncomingMessage, MessageHandler, Publisher, header,
-};
+use outbox_ports::{DeadLetter, DeadLetterSink, HandlerError, IncomingMessage, Publisher, header};
 use outbox_runtime::{CancellationToken, ConsumerConfig, ConsumerRunner};
 use outbox_sea_orm::{SeaOrmDeadLetters, SeaOrmInbox};
-use outbox_test_support::{InMemoryPublisher, InMemorySource};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, Statement};
+use outbox_test_support::{InMemoryPublisher, InMemorySource, SqlEffects};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 const PER_KEY: i64 = 20;
-
-/// Writes `(message_id, key, n)` in the inbox transaction, after checking that `n`
-/// follows the key's last committed `n`.
-struct Effects {
-    order_violations: AtomicU64,
-    attempts_of_k1_5: AtomicU64,
-}
-
-#[async_trait]
-impl MessageHandler<DatabaseTransaction> for Effects {
-    async fn handle(
-        &self,
-        tx: &mut DatabaseTransaction,
-        m: &IncomingMessage,
-    ) -> Result<(), HandlerError> {
-        let key = m.key.clone().unwrap_or_default();
-        let body: serde_json::Value =
-            serde_json::from_slice(&m.payload).map_err(|e| HandlerError::reject(e.to_string()))?;
-        let n = body["n"]
-            .as_i64()
-            .ok_or_else(|| HandlerError::reject("no n"))?;
-        if (key.as_str(), n) == ("k1", 5)
-            && self.attempts_of_k1_5.fetch_add(1, Ordering::SeqCst) < 2
-        {
-            return Err(HandlerError::retry("transient downstream failure"));
-        }
-        if (key.as_str(), n) == ("k2", 7) {
-            return Err(HandlerError::reject("cannot apply n = 7"));
-        }
-        let backend = tx.get_database_backend();
-        let last = tx
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                sql(
-                    backend,
-                    "SELECT MAX(n) AS last FROM consumer_effects WHERE k = $1",
-                ),
-                [key.clone().into()],
-            ))
-            .await
-            .map_err(|e| HandlerError::retry(e.to_string()))?
-            .and_then(|row| row.try_get::<Option<i64>>("", "last").ok().flatten());
-        if last.is_some_and(|last| last >= n) {
-            self.order_violations.fetch_add(1, Ordering::SeqCst);
-        }
-        tx.execute_raw(Statement::from_sql_and_values(
-            backend,
-            sql(
-                backend,
-                "INSERT INTO consumer_effects (message_id, k, n) VALUES ($1, $2, $3)",
-            ),
-            [
-                m.headers[header::MESSAGE_ID].clone().into(),
-                key.into(),
-                n.into(),
-            ],
-        ))
-        .await
-        .map_err(|e| HandlerError::retry(e.to_string()))?;
-        Ok(())
-    }
-}
-
-/// `$n` placeholders become `?` on MySQL and SQLite.
-fn sql(backend: sea_orm::DbBackend, text: &str) -> String {
-    match backend {
-        sea_orm::DbBackend::Postgres => text.to_owned(),
-        _ => (1..=3).fold(text.to_owned(), |s, i| s.replace(&format!("${i}"), "?")),
-    }
-}
 
 async fn count(db: &DatabaseConnection, query: &str) -> i64 {
     db.query_one_raw(Statement::from_string(db.get_database_backend(), query))
@@ -103,7 +30,7 @@ async fn count(db: &DatabaseConnection, query: &str) -> i64 {
 async fn run_until_acknowledged(
     db: &DatabaseConnection,
     source: &InMemorySource,
-    handler: Arc<Effects>,
+    handler: Arc<SqlEffects>,
     expected: usize,
 ) {
     let mut config = ConsumerConfig::new("billing");
@@ -137,12 +64,7 @@ async fn run_until_acknowledged(
 
 async fn effects_commit_with_the_inbox_and_failures_are_parked(backend: Backend) {
     let db = fresh_db(backend, "consumer_runner").await;
-    db.execute_unprepared(
-        "CREATE TABLE consumer_effects (message_id VARCHAR(64) PRIMARY KEY, k VARCHAR(16) NOT \
-         NULL, n BIGINT NOT NULL)",
-    )
-    .await
-    .unwrap();
+    SqlEffects::create_table(&db).await.unwrap();
     let broker = InMemoryPublisher::new();
     for n in 0..PER_KEY {
         let batch: Vec<_> = KEYS
@@ -162,14 +84,20 @@ async fn effects_commit_with_the_inbox_and_failures_are_parked(backend: Backend)
     }
     let total = KEYS.len() * PER_KEY as usize;
     let source = InMemorySource::new(broker, "orders.events", 3);
-    let handler = Arc::new(Effects {
-        order_violations: AtomicU64::new(0),
-        attempts_of_k1_5: AtomicU64::new(0),
-    });
+    let attempts_of_k1_5 = Arc::new(AtomicU64::new(0));
+    let attempts = attempts_of_k1_5.clone();
+    let handler = Arc::new(SqlEffects::failing(move |key, n| match (key, n) {
+        // Recovers on the third attempt.
+        ("k1", 5) if attempts.fetch_add(1, Ordering::SeqCst) < 2 => {
+            Some(HandlerError::retry("transient downstream failure"))
+        }
+        ("k2", 7) => Some(HandlerError::reject("cannot apply n = 7")),
+        _ => None,
+    }));
     run_until_acknowledged(&db, &source, handler.clone(), total).await;
 
-    assert_eq!(handler.order_violations.load(Ordering::SeqCst), 0);
-    assert_eq!(handler.attempts_of_k1_5.load(Ordering::SeqCst), 3);
+    assert_eq!(handler.order_violations(), 0);
+    assert_eq!(attempts_of_k1_5.load(Ordering::SeqCst), 3);
     let committed = total as i64 - 1;
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM consumer_effects").await,
