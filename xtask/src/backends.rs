@@ -1,5 +1,5 @@
-//! Real PostgreSQL and MariaDB servers and a Kafka-protocol broker for the
-//! tests, on 127.0.0.1.
+//! Real PostgreSQL and MariaDB servers and Kafka- and Pulsar-protocol brokers
+//! for the tests, on 127.0.0.1.
 //!
 //! `cargo xtask test` starts them in a fresh `target/xtask-backends/test-<pid>`
 //! directory and stops them (and deletes the directory) when the tests end,
@@ -10,12 +10,14 @@
 //! The database servers come from the distribution's packages (`apt-get
 //! install` when they are missing and we are root). When we are root,
 //! PostgreSQL runs as the `postgres` user and MariaDB as `mysql`; otherwise
-//! both run as the current user. The broker is tansu, built once per machine
-//! with `cargo install` (see [`crate::tools`]); it keeps its data in memory
-//! and runs as the current user. Teardown signals exactly the PIDs recorded
-//! at start-up, and only while `/proc/<pid>/cmdline` still names the server's
-//! data directory, so a recycled PID is never hit. Layout of a backends
-//! directory:
+//! both run as the current user. The Kafka broker is tansu, built once per
+//! machine with `cargo install`; it keeps its data in memory. The Pulsar
+//! broker is pulsar-lite, installed once per machine from PyPI with the
+//! Python client the tests read messages back with (see [`crate::tools`]);
+//! it keeps its data in a RocksDB store in its directory. Both brokers run as
+//! the current user. Teardown signals exactly the PIDs recorded at start-up,
+//! and only while `/proc/<pid>/cmdline` still names the server's data
+//! directory, so a recycled PID is never hit. Layout of a backends directory:
 //!
 //! ```text
 //! postgres/data/           initdb's cluster
@@ -28,8 +30,15 @@
 //!                          it so that its command line names this directory
 //! kafka/.env               empty: keeps tansu from loading a `.env` above
 //! kafka/server.log
+//! pulsar/pulsar-lite       symlink to the cached pulsar-lite binary, run
+//!                          through it for the same reason
+//! pulsar/cfg.toml          its configuration: data path, no metrics endpoint
+//! pulsar/data.rocksdb/     its store (pulsar-lite appends `.rocksdb` to the
+//!                          configured `pulsar/data`)
+//! pulsar/server.log
 //! pids                     `<server> <pid> <data dir>`, one line per server
-//!                          (for the broker, `<data dir>` is `kafka/`)
+//!                          (for a broker, `<data dir>` is `kafka/` or
+//!                          `pulsar/`)
 //! env                      `export OUTBOX_TEST_...=...` lines
 //! ```
 
@@ -47,7 +56,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::note;
 use crate::system::{apt_install, find_program, is_root};
-use crate::tools::{TANSU_VERSION, ensure_tansu};
+use crate::tools::{
+    PULSAR_LITE_VERSION, PulsarLite, TANSU_VERSION, ensure_pulsar_lite, ensure_tansu,
+};
 
 /// The admin URL of the PostgreSQL server, read by the tests.
 pub(crate) const POSTGRES_URL_VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
@@ -55,6 +66,12 @@ pub(crate) const POSTGRES_URL_VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
 pub(crate) const MYSQL_URL_VAR: &str = "OUTBOX_TEST_MYSQL_URL";
 /// The Kafka broker's `host:port`, read by the tests.
 pub(crate) const KAFKA_BOOTSTRAP_VAR: &str = "OUTBOX_TEST_KAFKA_BOOTSTRAP";
+/// The Pulsar broker's `pulsar://host:port` URL, read by the tests.
+pub(crate) const PULSAR_URL_VAR: &str = "OUTBOX_TEST_PULSAR_URL";
+/// The `PYTHONPATH` under which `python3` can `import pulsar` (the official
+/// client), set along with [`PULSAR_URL_VAR`]: the tests read messages back
+/// with it.
+pub(crate) const PULSAR_PYTHONPATH_VAR: &str = "OUTBOX_TEST_PULSAR_PYTHONPATH";
 
 /// The MariaDB account the tests use over TCP; it holds every privilege.
 const MYSQL_USER: &str = "outbox";
@@ -83,6 +100,11 @@ const TANSU_ENV_VARS: &[&str] = &[
     "SCHEMA_REGISTRY",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
+/// How long pulsar-lite gets to accept a TCP connection (it takes well under
+/// a second).
+const PULSAR_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// pulsar-lite's configuration file, in its directory.
+const PULSAR_CONFIG_FILE: &str = "cfg.toml";
 
 /// One of the servers xtask knows how to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,11 +113,13 @@ pub(crate) enum Kind {
     Mariadb,
     /// A Kafka-protocol broker: tansu.
     Kafka,
+    /// A Pulsar-protocol broker: pulsar-lite.
+    Pulsar,
 }
 
 impl Kind {
     /// Everything `cargo xtask test` and `backends start` run.
-    pub(crate) const ALL: [Self; 3] = [Self::Postgres, Self::Mariadb, Self::Kafka];
+    pub(crate) const ALL: [Self; 4] = [Self::Postgres, Self::Mariadb, Self::Kafka, Self::Pulsar];
     /// The SQL databases (`cargo xtask bench`).
     pub(crate) const DATABASES: [Self; 2] = [Self::Postgres, Self::Mariadb];
 
@@ -105,6 +129,7 @@ impl Kind {
             Self::Postgres => "postgres",
             Self::Mariadb => "mariadb",
             Self::Kafka => "kafka",
+            Self::Pulsar => "pulsar",
         }
     }
 
@@ -117,6 +142,7 @@ impl Kind {
             Self::Postgres => "PostgreSQL",
             Self::Mariadb => "MariaDB",
             Self::Kafka => "Kafka (tansu)",
+            Self::Pulsar => "Pulsar (pulsar-lite)",
         }
     }
 
@@ -125,29 +151,31 @@ impl Kind {
             Self::Postgres => POSTGRES_URL_VAR,
             Self::Mariadb => MYSQL_URL_VAR,
             Self::Kafka => KAFKA_BOOTSTRAP_VAR,
+            Self::Pulsar => PULSAR_URL_VAR,
         }
     }
 
     /// The OS user the server runs as when xtask runs as root; `None`: it
-    /// runs as whoever runs xtask (the broker has no data on disk to protect
-    /// and does not refuse root, unlike the databases).
+    /// runs as whoever runs xtask (the brokers' data is thrown away, and
+    /// neither refuses root, unlike the databases).
     fn os_user(self) -> Option<&'static str> {
         match self {
             Self::Postgres => Some("postgres"),
             Self::Mariadb => Some("mysql"),
-            Self::Kafka => None,
+            Self::Kafka | Self::Pulsar => None,
         }
     }
 
     /// Signals for a clean stop, each with how long to wait before the next.
     /// PostgreSQL: fast shutdown, then immediate, then SIGKILL. MariaDB:
     /// normal shutdown, then SIGKILL. tansu: SIGTERM, on which it gives open
-    /// connections up to 5 s to finish, then SIGKILL.
+    /// connections up to 5 s to finish, then SIGKILL. pulsar-lite: SIGTERM,
+    /// on which it exits at once, then SIGKILL.
     fn stop_signals(self) -> &'static [(&'static str, u64)] {
         match self {
             Self::Postgres => &[("INT", 10), ("QUIT", 5), ("KILL", 5)],
             Self::Mariadb => &[("TERM", 30), ("KILL", 5)],
-            Self::Kafka => &[("TERM", 10), ("KILL", 5)],
+            Self::Kafka | Self::Pulsar => &[("TERM", 10), ("KILL", 5)],
         }
     }
 
@@ -158,7 +186,7 @@ impl Kind {
             // SIGQUIT is PostgreSQL's immediate shutdown: the postmaster takes
             // its backends down with it, which SIGKILL would not do.
             Self::Postgres => "QUIT",
-            Self::Mariadb | Self::Kafka => "KILL",
+            Self::Mariadb | Self::Kafka | Self::Pulsar => "KILL",
         }
     }
 }
@@ -191,7 +219,8 @@ struct Server {
     kind: Kind,
     pid: u32,
     data_dir: PathBuf,
-    /// MariaDB and tansu in this process's run; PostgreSQL is pg_ctl's child.
+    /// MariaDB and the brokers in this process's run; PostgreSQL is pg_ctl's
+    /// child.
     child: Option<Child>,
 }
 
@@ -300,6 +329,7 @@ impl Backends {
                 Kind::Postgres => self.start_postgres(tools.postgres()?, port)?,
                 Kind::Mariadb => self.start_mariadb(tools.mariadb()?, port)?,
                 Kind::Kafka => self.start_kafka(tools.tansu()?, port)?,
+                Kind::Pulsar => self.start_pulsar(tools.pulsar()?, port)?,
             }
         }
         Ok(())
@@ -506,6 +536,55 @@ impl Backends {
             port,
             started,
         )
+    }
+
+    /// pulsar-lite, listening on 127.0.0.1:`port`, with its store in its
+    /// directory. Also sets [`PULSAR_PYTHONPATH_VAR`].
+    fn start_pulsar(&mut self, pulsar: &PulsarLite, port: u16) -> Result<()> {
+        let started = Instant::now();
+        let home = self.dir.join(Kind::Pulsar.name());
+        prepare_server_dir(&home, self.os_user(Kind::Pulsar))?;
+        // As for tansu: the command line names `home` through argv[0] (and
+        // the configuration's path).
+        let link = home.join("pulsar-lite");
+        std::os::unix::fs::symlink(&pulsar.binary, &link)
+            .with_context(|| format!("could not create {}", link.display()))?;
+        let log = home.join("server.log");
+
+        // pulsar-lite reads its settings from this file only (RUST_LOG plays
+        // no part). Without `[metrics] enabled = false` it would also open a
+        // Prometheus endpoint; at `info`, it logs every acknowledgement.
+        let config = home.join(PULSAR_CONFIG_FILE);
+        fs::write(&config, pulsar_config(&home.join("data"))?)
+            .with_context(|| format!("could not write {}", config.display()))?;
+
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut broker = Command::new(&link);
+        broker.arg("--config").arg(&config);
+        broker.args(["--addr", &address.to_string()]);
+        broker.current_dir(&home);
+        self.spawn(Kind::Pulsar, broker, &home, &log)?;
+
+        self.wait_until_up(
+            Kind::Pulsar,
+            started,
+            PULSAR_START_TIMEOUT,
+            &format!("accept a connection on {address}"),
+            &log,
+            || TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok(),
+        )?;
+        self.ready(
+            Kind::Pulsar,
+            &format!("pulsar://{address}"),
+            &format!("pulsar-lite {PULSAR_LITE_VERSION}"),
+            port,
+            started,
+        )?;
+        self.env.push((
+            PULSAR_PYTHONPATH_VAR,
+            pulsar.site.to_string_lossy().into_owned(),
+        ));
+        Ok(())
     }
 
     /// The OS user to run `kind` as: none unless we are root.
@@ -920,6 +999,8 @@ struct Tools {
     mariadb: Option<MariadbTools>,
     /// Set by [`Tools::ensure_installed`] when asked for [`Kind::Kafka`].
     tansu: Option<PathBuf>,
+    /// Set by [`Tools::ensure_installed`] when asked for [`Kind::Pulsar`].
+    pulsar: Option<PulsarLite>,
 }
 
 struct PostgresTools {
@@ -980,6 +1061,7 @@ impl Tools {
             postgres,
             mariadb,
             tansu: None,
+            pulsar: None,
         }
     }
 
@@ -997,7 +1079,8 @@ impl Tools {
 
     /// Finds the programs `kinds` need: the databases' packages are
     /// installed with apt-get first when they are missing and we are root;
-    /// tansu is built into the tools cache when it is not there yet.
+    /// tansu is built, and pulsar-lite installed, into the tools cache when
+    /// they are not there yet.
     fn ensure_installed(kinds: &[Kind], workspace_root: &Path) -> Result<Self> {
         let mut tools = Self::find();
         let missing = tools.missing_packages(kinds);
@@ -1016,6 +1099,9 @@ impl Tools {
         if kinds.contains(&Kind::Kafka) {
             tools.tansu = Some(ensure_tansu(workspace_root)?);
         }
+        if kinds.contains(&Kind::Pulsar) {
+            tools.pulsar = Some(ensure_pulsar_lite(workspace_root)?);
+        }
         Ok(tools)
     }
 
@@ -1033,6 +1119,10 @@ impl Tools {
 
     fn tansu(&self) -> Result<&Path> {
         self.tansu.as_deref().context("tansu is missing")
+    }
+
+    fn pulsar(&self) -> Result<&PulsarLite> {
+        self.pulsar.as_ref().context("pulsar-lite is missing")
     }
 }
 
@@ -1212,6 +1302,33 @@ fn shell_quote(value: &str) -> String {
     }
 }
 
+/// pulsar-lite's configuration: its store at `db_path` (to which it appends
+/// `.rocksdb`), no metrics endpoint, warnings and errors only.
+fn pulsar_config(db_path: &Path) -> Result<String> {
+    let db_path = db_path
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", db_path.display()))?;
+    Ok(format!(
+        "db_path = {}\nlog_level = \"warn\"\n\n[metrics]\nenabled = false\n",
+        toml_string(db_path)
+    ))
+}
+
+/// `value` as a TOML basic string.
+fn toml_string(value: &str) -> String {
+    let mut quoted = String::from('"');
+    for c in value.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
 fn format_env(env: &[(&str, String)]) -> String {
     env.iter()
         .map(|(var, value)| format!("export {var}={}\n", shell_quote(value)))
@@ -1358,6 +1475,24 @@ mod tests {
             assert_eq!(same_var.count(), 1);
         }
         assert!(!Kind::DATABASES.contains(&Kind::Kafka));
+        assert!(!Kind::DATABASES.contains(&Kind::Pulsar));
+        // The second variable of the Pulsar broker is nobody's first.
+        assert!(
+            Kind::ALL
+                .iter()
+                .all(|kind| kind.env_var() != PULSAR_PYTHONPATH_VAR)
+        );
+    }
+
+    #[test]
+    fn pulsar_config_quotes_the_data_path() {
+        assert_eq!(
+            pulsar_config(Path::new("/w/target/xtask-backends/dev/pulsar/data")).unwrap(),
+            "db_path = \"/w/target/xtask-backends/dev/pulsar/data\"\nlog_level = \"warn\"\n\n\
+             [metrics]\nenabled = false\n"
+        );
+        assert_eq!(toml_string(r#"/my "dir"\x"#), r#""/my \"dir\"\\x""#);
+        assert_eq!(toml_string("a\tb"), r#""a\u0009b""#);
     }
 
     #[test]
@@ -1369,7 +1504,7 @@ mod tests {
 
     #[test]
     fn only_our_own_files_may_be_wiped() {
-        let ours = ["postgres", "mariadb", "kafka", "pids", "env"].map(String::from);
+        let ours = ["postgres", "mariadb", "kafka", "pulsar", "pids", "env"].map(String::from);
         assert!(looks_like_backends_dir(&ours));
         assert!(looks_like_backends_dir(&[]));
         assert!(!looks_like_backends_dir(&[

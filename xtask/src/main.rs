@@ -4,8 +4,9 @@
 //! `.cargo/config.toml`. This crate keeps its dependencies to `anyhow` and the
 //! standard library so that it builds in seconds on a fresh clone; every step
 //! shells out to `cargo` through [`std::process::Command`], the test
-//! databases come from the distribution's packages and the Kafka broker is
-//! built once with `cargo install` (see [`backends`] and [`tools`]).
+//! databases come from the distribution's packages, the Kafka broker is
+//! built once with `cargo install` and the Pulsar broker installed once with
+//! pip (see [`backends`] and [`tools`]).
 
 mod backends;
 mod system;
@@ -28,18 +29,22 @@ USAGE:
 COMMANDS:
     test [--no-backends] [ARGS...]
                     install the build prerequisites of outbox-kafka (cmake,
-                    libcurl4-openssl-dev) when missing, start PostgreSQL,
-                    MariaDB and a Kafka broker (tansu) on 127.0.0.1, run the
-                    whole workspace test suite, then the doctests, then stop
-                    the servers; ARGS go to the test runner (cargo nextest run,
-                    or cargo test when nextest is not installed). Missing
+                    libcurl4-openssl-dev) and outbox-pulsar (protobuf-compiler)
+                    when missing, start PostgreSQL, MariaDB, a Kafka broker
+                    (tansu) and a Pulsar broker (pulsar-lite) on 127.0.0.1, run
+                    the whole workspace test suite, then the doctests, then
+                    stop the servers; ARGS go to the test runner (cargo nextest
+                    run, or cargo test when nextest is not installed). Missing
                     packages are installed with apt-get when running as root;
                     tansu is built with cargo install on first use (about 5
-                    minutes, once per machine, in target/xtask-tools)
+                    minutes, once per machine, in target/xtask-tools), and
+                    pulsar-lite is installed with pulsar-client, the Python
+                    client the tests read back with, by python3 -m pip (a few
+                    seconds, once per machine, in target/xtask-tools)
         --no-backends   start no servers: the tests that need them skip (or
                         fail, under CI)
     backends start [--dir DIR]
-                    start the three servers in DIR (default
+                    start the four servers in DIR (default
                     target/xtask-backends/dev) and leave them running; prints
                     their `export ...` lines (also in DIR/env) for
                     `cargo nextest run -p ...`
@@ -69,8 +74,15 @@ ENVIRONMENT:
                     the admin URLs the tests create their databases through
     OUTBOX_TEST_KAFKA_BOOTSTRAP
                     the Kafka broker's host:port, for the outbox-kafka tests
-    `test` sets these three for the servers it starts, and starts (or builds)
-    no server for a variable that is already set
+    OUTBOX_TEST_PULSAR_URL
+                    the Pulsar broker's pulsar://host:port, for the
+                    outbox-pulsar tests
+    OUTBOX_TEST_PULSAR_PYTHONPATH
+                    the PYTHONPATH under which python3 can `import pulsar`
+                    (pulsar-client), which those tests read messages back with
+    `test` sets these for the servers it starts, and starts (or builds) no
+    server whose variable is already set (for Pulsar, its URL: set the
+    PYTHONPATH along with it)
 ";
 
 /// Exit code for commands that exist but cannot run yet, and for usage errors.
@@ -129,13 +141,14 @@ fn test(extra_args: &[String]) -> Result<()> {
     let args = TestArgs::parse(extra_args);
 
     // Before anything builds: rdkafka's bundled librdkafka needs CMake and
-    // libcurl's headers.
+    // libcurl's headers, outbox-pulsar's build script protoc.
     system::ensure_build_packages()?;
 
-    // Real PostgreSQL and MariaDB servers for the storage tests, and a Kafka
-    // broker for outbox-kafka's. The guard stops them and deletes their
-    // directory however this function returns; its watchdog does the same if
-    // xtask is killed (Ctrl-C).
+    // Real PostgreSQL and MariaDB servers for the storage tests, a Kafka
+    // broker for outbox-kafka's and a Pulsar broker for outbox-pulsar's (with
+    // OUTBOX_TEST_PULSAR_PYTHONPATH among the variables). The guard stops
+    // them and deletes their directory however this function returns; its
+    // watchdog does the same if xtask is killed (Ctrl-C).
     let backends = if args.start_backends {
         Backends::for_tests(&workspace.root, &Kind::ALL)?
     } else {
@@ -220,7 +233,8 @@ impl TestArgs {
 /// `cargo xtask ci`: what CI runs; stops at the first failing step.
 fn ci() -> Result<()> {
     let workspace = Workspace::locate()?;
-    // clippy builds outbox-kafka's dependencies, librdkafka included.
+    // clippy builds outbox-kafka's dependencies, librdkafka included, and
+    // runs outbox-pulsar's build script (protoc).
     system::ensure_build_packages()?;
 
     let mut fmt = workspace.cargo();

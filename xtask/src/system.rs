@@ -1,7 +1,7 @@
 //! The host system: who we run as, where programs are, and the Debian
 //! packages xtask installs with apt-get when they are missing and it runs as
-//! root (the test servers' packages, see [`crate::backends`], and the build
-//! prerequisites below).
+//! root (the test servers' packages, see [`crate::backends`], python3 and pip
+//! for [`crate::tools`], and the build prerequisites below).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -25,9 +25,11 @@ const INCLUDE_DIR: &str = "/usr/include";
 
 /// The Debian packages the workspace build needs beyond a C/C++ toolchain
 /// (`gcc`, `g++`, `make`): outbox-kafka uses rdkafka's `cmake-build` feature,
-/// which compiles the bundled librdkafka with CMake, against libcurl.
-/// Installs the missing ones as root; otherwise fails with the command to run,
-/// rather than letting the build fail half-way with a CMake error.
+/// which compiles the bundled librdkafka with CMake, against libcurl;
+/// outbox-pulsar's build script compiles the Pulsar protocol's `.proto` files
+/// with `protoc`. Installs the missing ones as root; otherwise fails with the
+/// command to run, rather than letting the build fail half-way with a CMake
+/// or protoc error.
 pub(crate) fn ensure_build_packages() -> Result<()> {
     let mut missing = Vec::new();
     if find_program("cmake").is_none() {
@@ -36,18 +38,58 @@ pub(crate) fn ensure_build_packages() -> Result<()> {
     if !has_curl_headers() {
         missing.push("libcurl4-openssl-dev");
     }
+    if find_program("protoc").is_none() {
+        missing.push("protobuf-compiler");
+    }
     if missing.is_empty() {
         return Ok(());
     }
     apt_install(
         &missing,
-        "the build prerequisites of outbox-kafka (rdkafka's bundled librdkafka)",
+        "the build prerequisites of outbox-kafka (rdkafka's bundled librdkafka) and \
+         outbox-pulsar (protoc)",
         None,
     )?;
-    if find_program("cmake").is_none() || !has_curl_headers() {
-        bail!("installed {missing:?}, but cmake or curl/curl.h is still missing");
+    if find_program("cmake").is_none() || !has_curl_headers() || find_program("protoc").is_none() {
+        bail!("installed {missing:?}, but cmake, curl/curl.h or protoc is still missing");
     }
     Ok(())
+}
+
+/// `python3` (the first on PATH, as the tests will run it), and with `pip`
+/// also its pip module: the Pulsar broker and client for the tests come from
+/// PyPI (see [`crate::tools`]). Installs python3-pip, which brings python3,
+/// as root when either is missing; otherwise fails with the command to run.
+pub(crate) fn ensure_python3(pip: bool) -> Result<PathBuf> {
+    let usable = |python: &Path| !pip || has_pip(python);
+    if let Some(python) = find_program("python3")
+        && usable(&python)
+    {
+        return Ok(python);
+    }
+    apt_install(
+        &["python3-pip"],
+        "python3 and pip (for the Pulsar broker pulsar-lite and its Python client)",
+        Some("run `cargo xtask test --no-backends` to skip the tests that need them"),
+    )?;
+    match find_program("python3") {
+        Some(python) if usable(&python) => Ok(python),
+        Some(python) => bail!(
+            "installed python3-pip, but `{} -m pip` still does not run: install pip for \
+             that python3, or put Debian's /usr/bin/python3 first on PATH",
+            python.display()
+        ),
+        None => bail!("installed python3-pip, but python3 is still missing"),
+    }
+}
+
+/// Whether `python -m pip` runs.
+fn has_pip(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-m", "pip", "--version"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
 fn has_curl_headers() -> bool {

@@ -1,5 +1,6 @@
-//! Test tools that no distribution package provides, built by xtask once per
-//! machine and cached under `target/xtask-tools/<name>-<version>/`.
+//! Test tools that no distribution package provides, built (or installed
+//! from PyPI) by xtask once per machine and cached under
+//! `target/xtask-tools/<name>-<version>/`.
 //!
 //! Each tool is built into a temporary sibling directory and renamed into
 //! place only once complete, so the cache directory exists only for a tool
@@ -11,6 +12,7 @@
 //! once each build their own copy, and the first to finish wins.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -18,9 +20,25 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::note;
+use crate::system::ensure_python3;
 
 /// The Kafka-protocol broker for the outbox-kafka tests.
 pub(crate) const TANSU_VERSION: &str = "0.6.0";
+
+/// The Pulsar-protocol broker for the outbox-pulsar tests: pulsar-lite, a
+/// native binary that PyPI ships inside a Python wheel.
+pub(crate) const PULSAR_LITE_VERSION: &str = "0.2.0";
+/// The official Pulsar client for Python, installed next to pulsar-lite: the
+/// outbox-pulsar tests read their messages back with it, through `python3`.
+pub(crate) const PULSAR_CLIENT_VERSION: &str = "3.13.0";
+
+/// The pulsar-lite binary, inside the pip target directory.
+const PULSAR_LITE_BINARY: &str = "site/pulsar_lite/bin/pulsar-lite";
+
+/// Environment variables pip reads as defaults for its options, removed so
+/// that none breaks the `--target` install: PIP_USER conflicts with it, and
+/// PIP_REQUIRE_VIRTUALENV refuses to install outside a virtualenv.
+const PIP_ENV_VARS: &[&str] = &["PIP_USER", "PIP_REQUIRE_VIRTUALENV"];
 
 /// `cargo install` features for tansu: only the in-memory storage engine
 /// (`memory://`, part of `dynostore`), which keeps out PostgreSQL, SQLite,
@@ -67,6 +85,92 @@ pub(crate) fn ensure_tansu(workspace_root: &Path) -> Result<PathBuf> {
         }
         Ok(())
     })
+}
+
+/// pulsar-lite and pulsar-client, installed by [`ensure_pulsar_lite`].
+pub(crate) struct PulsarLite {
+    /// The broker's binary.
+    pub(crate) binary: PathBuf,
+    /// The pip target directory: the `PYTHONPATH` under which `python3` can
+    /// `import pulsar`.
+    pub(crate) site: PathBuf,
+}
+
+/// pulsar-lite and pulsar-client, installed first with `pip install
+/// --target` into `site/` if the cache lacks them (a few seconds: both are
+/// binary wheels). `python3` must be able to import pulsar-client from there:
+/// its wheel holds a native module built for one Python version.
+pub(crate) fn ensure_pulsar_lite(workspace_root: &Path) -> Result<PulsarLite> {
+    let python = ensure_python3(false)?;
+    let name = format!("pulsar-lite-{PULSAR_LITE_VERSION}");
+    let dir = tools_root(workspace_root).join(&name);
+    let binary = install_once(&dir, Path::new(PULSAR_LITE_BINARY), |partial| {
+        let python = ensure_python3(true)?;
+        note(&format!(
+            "installing pulsar-lite {PULSAR_LITE_VERSION} (the Pulsar broker for the tests) \
+             and pulsar-client {PULSAR_CLIENT_VERSION} with pip; this happens once per machine"
+        ));
+        let mut install = Command::new(&python);
+        install.args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+        ]);
+        // No `.pyc` files: they would name the temporary directory as their
+        // source; Python writes its own on first import.
+        install.arg("--no-compile");
+        // `--target`, not a virtualenv: a virtualenv names its own path, so
+        // it could not be renamed into place.
+        install.arg("--target").arg(partial.join("site"));
+        install.args([
+            format!("pulsar-lite=={PULSAR_LITE_VERSION}"),
+            format!("pulsar-client=={PULSAR_CLIENT_VERSION}"),
+        ]);
+        for var in PIP_ENV_VARS {
+            install.env_remove(var);
+        }
+        // No warning about running as root: nothing is installed system-wide.
+        install.env("PIP_ROOT_USER_ACTION", "ignore");
+        // As for tansu: outside the workspace, stdout to stderr.
+        install.current_dir(std::env::temp_dir());
+        install.stdout(std::io::stderr());
+        let line = crate::command_line(&install);
+        note(&format!("$ {line}"));
+        let status = install
+            .status()
+            .with_context(|| format!("could not start `{line}`"))?;
+        if !status.success() {
+            bail!("`{line}` failed ({status})");
+        }
+        // The wheel marks the binary executable; make sure, since xtask runs
+        // it directly rather than through pulsar-lite's Python wrapper.
+        let binary = partial.join(PULSAR_LITE_BINARY);
+        if binary.is_file() {
+            fs::set_permissions(&binary, fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("could not make {} executable", binary.display()))?;
+        }
+        Ok(())
+    })?;
+    let site = dir.join("site");
+
+    let check = Command::new(&python)
+        .args(["-c", "import pulsar"])
+        .env("PYTHONPATH", &site)
+        .output()
+        .with_context(|| format!("could not run {}", python.display()))?;
+    if !check.status.success() {
+        bail!(
+            "{} cannot import pulsar-client from {}, perhaps installed for another Python \
+             version; delete {} to reinstall it\n{}",
+            python.display(),
+            site.display(),
+            dir.display(),
+            String::from_utf8_lossy(&check.stderr).trim_end()
+        );
+    }
+    Ok(PulsarLite { binary, site })
 }
 
 /// Returns `dir/binary`, first running `build` on a fresh temporary
