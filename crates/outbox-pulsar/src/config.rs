@@ -28,6 +28,10 @@ pub struct PulsarConfig {
     /// A ping goes out after this much silence; a connection silent for twice as long
     /// is considered dead.
     pub keep_alive: Duration,
+    /// Consumers: how many messages the broker may push ahead of the handler, per
+    /// partition. Smaller spreads a Key_Shared subscription's keys more evenly over
+    /// its members (a member keeps what it was already sent); larger hides latency.
+    pub receiver_queue: u32,
 }
 
 impl std::fmt::Debug for PulsarConfig {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for PulsarConfig {
             .field("operation_timeout", &self.operation_timeout)
             .field("send_timeout", &self.send_timeout)
             .field("keep_alive", &self.keep_alive)
+            .field("receiver_queue", &self.receiver_queue)
             .finish()
     }
 }
@@ -59,6 +64,9 @@ pub enum PulsarConfigError {
     /// `pulsar+ssl://` needs the crate's `tls` feature.
     #[error("{0:?} needs TLS: enable outbox-pulsar's `tls` feature")]
     TlsDisabled(String),
+    /// `receiver_queue` is below 2 (permits are renewed when half are used).
+    #[error("receiver_queue must be at least 2, not {0}")]
+    ReceiverQueue(u32),
     /// A timeout or interval is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
@@ -134,7 +142,7 @@ impl std::fmt::Display for ServiceUrl {
 impl PulsarConfig {
     /// A configuration for the cluster at `service_url`, with the defaults: no
     /// authentication, namespace `public/default`, 10 s operations, 8 s sends, 30 s
-    /// keep-alive.
+    /// keep-alive, a receiver queue of 500.
     pub fn new(service_url: &str) -> Result<Self, PulsarConfigError> {
         let config = Self {
             service_url: ServiceUrl::parse(service_url)?,
@@ -144,6 +152,7 @@ impl PulsarConfig {
             operation_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(8),
             keep_alive: Duration::from_secs(30),
+            receiver_queue: 500,
         };
         config.validate()?;
         Ok(config)
@@ -169,6 +178,9 @@ impl PulsarConfig {
             if value.is_zero() {
                 return Err(PulsarConfigError::ZeroDuration(name));
             }
+        }
+        if self.receiver_queue < 2 {
+            return Err(PulsarConfigError::ReceiverQueue(self.receiver_queue));
         }
         let mut parts = self.namespace.split('/');
         let valid = matches!(

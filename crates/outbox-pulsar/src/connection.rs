@@ -242,9 +242,33 @@ impl Connection {
         self.max_message_size
     }
 
-    /// A fresh id for a request, producer or consumer.
+    /// A fresh request id.
     pub(crate) fn next_id(&self) -> u64 {
         self.shared.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh producer or consumer id, unique in this process and random across
+    /// processes.
+    ///
+    /// The protocol scopes these ids to a connection, so 0, 1, 2… on each would do;
+    /// but pulsar-lite keys a subscription's consumers by id alone, and refuses (by
+    /// closing the connection) a second consumer with an id already subscribed from
+    /// *another* connection: "Consumer 0 already exists in key-shared dispatcher".
+    /// That is the failure the `pulsar` crate meets when it reconnects. Ids that no
+    /// other client uses keep clear of it (docs/pulsar.md).
+    pub(crate) fn next_handle_id(&self) -> u64 {
+        static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = *BASE.get_or_init(|| {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            // Randomly keyed per process; the high half makes the ids of two
+            // processes differ.
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+                & !u64::from(u32::MAX)
+        });
+        base | (NEXT.fetch_add(1, Ordering::Relaxed) & u64::from(u32::MAX))
     }
 
     /// Queues a frame that expects no answer (FLOW, ACK, CLOSE_*).

@@ -206,7 +206,7 @@ impl PulsarPublisher {
 
 async fn create_producer(client: &Client, topic: &str) -> Result<Producer, PulsarError> {
     let conn = client.owner(topic).await?;
-    let id = conn.next_id();
+    let id = conn.next_handle_id();
     let answer = conn
         .request("create producer", |request_id| BaseCommand {
             r#type: Type::Producer as i32,

@@ -70,8 +70,8 @@ struct State {
 /// A Pulsar subscription for the consumer runner (`outbox_runtime::ConsumerRunner`).
 ///
 /// - Subscribes to every partition of the topic (a new subscription starts at the
-///   earliest message) with `Key_Shared` or `Failover`, and keeps `receiver_queue`
-///   messages in flight per partition with FLOW permits.
+///   earliest message) with `Key_Shared` or `Failover`, and lets the broker push up
+///   to [`PulsarConfig::receiver_queue`] messages ahead per partition.
 /// - [`IncomingMessage::partition`] is the runner's lane key: with `KeyShared` a hash
 ///   of the message key (so one key stays in one lane), with `Failover` the partition
 ///   index. [`IncomingMessage::offset`] numbers deliveries; `ack` maps it back to
@@ -123,6 +123,7 @@ impl PulsarSource {
             return Err(SubscribeError::EmptySubscription);
         }
         let topic = config.topic_name(topic);
+        let receiver_queue = config.receiver_queue;
         let client = Client::new(config);
         let partitions = client.partitions(&topic).await?;
         let slots = if partitions == 0 {
@@ -139,7 +140,7 @@ impl PulsarSource {
             subscription: subscription.to_owned(),
             kind,
             consumer_name: format!("{subscription}-{}", std::process::id()),
-            receiver_queue: 500,
+            receiver_queue,
             events: tokio::sync::Mutex::new(events),
             events_tx,
             state: std::sync::Mutex::new(State {
@@ -175,7 +176,7 @@ impl PulsarSource {
 
     async fn subscribe_one(&self, topic: &str) -> Result<Consumer, PulsarError> {
         let conn = self.client.owner(topic).await?;
-        let id = conn.next_id();
+        let id = conn.next_handle_id();
         conn.register_consumer(id, self.events_tx.clone())?;
         let (sub_type, key_shared_meta) = match self.kind {
             Subscription::KeyShared => (
