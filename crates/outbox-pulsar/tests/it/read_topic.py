@@ -4,6 +4,10 @@ so the tests check what outbox-pulsar wrote with a second, independent implement
 Usage: read_topic.py SERVICE_URL TOPIC COUNT TIMEOUT_SECONDS
 Prints one JSON object per message: topic, key, properties, payload (base64). Stops
 after COUNT messages or when TIMEOUT_SECONDS pass without reaching COUNT.
+
+Delivery is at least once: pulsar-lite now and then delivers a message to a consumer a
+second time. Only the first delivery of each message (by its broker message id) is
+printed and counted, so the output is the topic's content in order.
 """
 
 import base64
@@ -23,8 +27,8 @@ consumer = client.subscribe(
     initial_position=pulsar.InitialPosition.Earliest,
 )
 deadline = time.monotonic() + timeout
-received = 0
-while received < count:
+seen = set()
+while len(seen) < count:
     left = deadline - time.monotonic()
     if left <= 0:
         break
@@ -33,7 +37,11 @@ while received < count:
     except pulsar.Timeout:
         break
     consumer.acknowledge(msg)
-    received += 1
+    message_id = msg.message_id()
+    position = (message_id.ledger_id(), message_id.entry_id(), message_id.partition())
+    if position in seen:
+        continue
+    seen.add(position)
     print(
         json.dumps(
             {
