@@ -1,3 +1,4 @@
+use crate::ClaimedMessage;
 use async_trait::async_trait;
 use outbox_domain::OutboxMessage;
 use std::time::Duration;
@@ -75,6 +76,15 @@ pub type PublishOutcome = Result<(), PublishError>;
 pub trait Publisher: Send + Sync {
     /// Publishes a batch, returning one outcome per message in the same order.
     async fn publish(&self, batch: &[OutboxMessage]) -> Vec<PublishOutcome>;
+
+    /// Publishes messages a relay claimed; what the relay calls. The claim adds each
+    /// message's [`seq`](ClaimedMessage::seq), from which a publisher may derive
+    /// broker-side deduplication ids (the Pulsar adapter does). By default it
+    /// forwards the envelopes to [`publish`](Publisher::publish).
+    async fn publish_claimed(&self, batch: &[ClaimedMessage]) -> Vec<PublishOutcome> {
+        let messages: Vec<OutboxMessage> = batch.iter().map(|c| c.message.clone()).collect();
+        self.publish(&messages).await
+    }
 
     /// Waits until everything sent has been acknowledged, up to `timeout`
     /// (called on graceful shutdown).

@@ -77,6 +77,11 @@ impl ClaimRequest {
 /// A message handed to a relay, with the lease that entitles it to settle it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedMessage {
+    /// The message's position in its outbox table ([`StoredMessage::seq`]): unique
+    /// there and increasing in write order. A key's messages are delivered in this
+    /// order, so per key it only grows from one delivery to the next (a publisher can
+    /// derive broker-side deduplication ids from it).
+    pub seq: u64,
     /// The envelope.
     pub message: OutboxMessage,
     /// The lease; settle with its token.

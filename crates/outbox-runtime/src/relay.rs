@@ -183,20 +183,21 @@ impl Relay {
     }
 
     async fn publish_and_settle(&self, claimed: Vec<ClaimedMessage>) -> BatchReport {
-        let batch: Vec<_> = claimed.iter().map(|c| c.message.clone()).collect();
-        let outcomes =
-            match tokio::time::timeout(self.config.publish_timeout, self.publisher.publish(&batch))
-                .await
-            {
-                Ok(outcomes) => outcomes,
-                Err(_) => {
-                    let timeout = PublishError::transient(format!(
-                        "publish timed out after {:?}",
-                        self.config.publish_timeout
-                    ));
-                    vec![Err(timeout); batch.len()]
-                }
-            };
+        let outcomes = match tokio::time::timeout(
+            self.config.publish_timeout,
+            self.publisher.publish_claimed(&claimed),
+        )
+        .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                let timeout = PublishError::transient(format!(
+                    "publish timed out after {:?}",
+                    self.config.publish_timeout
+                ));
+                vec![Err(timeout); claimed.len()]
+            }
+        };
         let now = self.clock.now();
         let mut report = BatchReport {
             claimed: claimed.len(),

@@ -595,6 +595,7 @@ impl MessageStore for SeaOrmStore {
         Ok(claimed
             .into_iter()
             .map(|s| ClaimedMessage {
+                seq: s.seq,
                 message: s.message,
                 lease: lease.clone(),
                 attempts: s.delivery.attempts,

@@ -163,6 +163,7 @@ impl MessageStore for InMemoryStore {
             )?;
             let (message, delivery) = &state.log[&idx];
             claimed.push(ClaimedMessage {
+                seq: idx as u64 + 1,
                 message: message.clone(),
                 lease,
                 attempts: delivery.attempts,

@@ -15,10 +15,14 @@ async fn missing_outcomes_count_as_transient_failures() {
     store.enqueue(vec![a.clone(), b.clone()]).await.unwrap();
 
     let mut publisher = MockPublisher::new();
-    publisher.expect_publish().times(1).returning(|batch| {
-        assert_eq!(batch.len(), 2);
-        vec![Ok(())]
-    });
+    publisher
+        .expect_publish_claimed()
+        .times(1)
+        .returning(|batch| {
+            assert_eq!(batch.len(), 2);
+            assert!(batch[0].seq < batch[1].seq, "claims carry the write order");
+            vec![Ok(())]
+        });
     let relay = Relay::new(
         Arc::new(store.clone()),
         Arc::new(publisher),

@@ -124,8 +124,14 @@ pub async fn enqueue_claim_settle<S: MessageStore + ?Sized>(store: &S) {
         assert_eq!(c.max_attempts, MAX_ATTEMPTS);
         assert_eq!(c.lease.owner, "relay-a");
         assert_eq!(c.lease.expires_at, at(30));
+        let stored = store.get(c.message.id).await.expect("get").expect("exists");
+        assert_eq!(c.seq, stored.seq, "the claim carries the stored position");
         assert_eq!(status(store, c.message.id).await, MessageStatus::InFlight);
     }
+    assert!(
+        claimed.windows(2).all(|w| w[0].seq < w[1].seq),
+        "positions grow in write order"
+    );
     assert!(
         claim(store, 10, at(1)).await.is_empty(),
         "in-flight messages are not claimed twice"
@@ -427,6 +433,7 @@ pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &
     );
 
     let mut order = Vec::new();
+    let mut seqs = Vec::new();
     let mut now = 60;
     loop {
         let c = claim(store, 10, at(now)).await;
@@ -435,6 +442,7 @@ pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &
         }
         assert_eq!(c.len(), 1, "one message of key a at a time");
         order.push(c[0].message.id);
+        seqs.push(c[0].seq);
         store
             .settle(vec![settle(&c[0], Disposition::Published)], at(now))
             .await
@@ -442,6 +450,11 @@ pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &
         now += 1;
     }
     assert_eq!(order, a.iter().map(|m| m.id).collect::<Vec<_>>());
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "a key's positions grow from one delivery to the next, the head retried \
+         included: {seqs:?}"
+    );
 }
 
 /// Killing a parked head lets the rest of its key flow.
