@@ -32,6 +32,41 @@ pub struct PulsarConfig {
     /// partition. Smaller spreads a Key_Shared subscription's keys more evenly over
     /// its members (a member keeps what it was already sent); larger hides latency.
     pub receiver_queue: u32,
+    /// Publishers: whether sequence ids let a broker with deduplication enabled drop
+    /// a message sent twice. Default [`Deduplication::Off`].
+    pub deduplication: Deduplication,
+}
+
+/// How a publisher numbers its messages (Pulsar's producer sequence ids).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Deduplication {
+    /// One producer per topic partition, named by the broker, numbering its messages
+    /// 0, 1, 2… With deduplication enabled on the namespace, the broker drops only a
+    /// message the producer itself sends twice within one connection. A message sent
+    /// again after a relay crash or a lost acknowledgement is stored twice; consumers'
+    /// inboxes absorb the copy.
+    #[default]
+    Off,
+    /// For namespaces with deduplication enabled (`brokerDeduplicationEnabled`, or
+    /// `pulsar-admin namespaces set-deduplication`): each message is sent by a
+    /// producer named `{prefix}/{service}/{partition key}` with the message's outbox
+    /// position ([`ClaimedMessage::seq`](outbox_ports::ClaimedMessage::seq)) as its
+    /// sequence id. A key's positions only grow from one delivery to the next, so the
+    /// broker's last sequence id for the name says exactly whether this message is
+    /// stored already: a re-publish after a relay crash or a lost acknowledgement is
+    /// recognised and not stored twice.
+    ///
+    /// Costs: a producer is created and closed per message (three round trips,
+    /// pipelined over the batch), and the broker keeps one entry per key of its
+    /// deduplication state (until `brokerDeduplicationProducerInactivityTimeoutMinutes`).
+    /// After recreating or restoring an outbox table (positions start again), change
+    /// `prefix`, or old sequence ids would hide new messages. docs/pulsar.md has the
+    /// reasoning.
+    PerKey {
+        /// Names the producers; e.g. the deployment's name.
+        prefix: String,
+    },
 }
 
 impl std::fmt::Debug for PulsarConfig {
@@ -45,6 +80,7 @@ impl std::fmt::Debug for PulsarConfig {
             .field("send_timeout", &self.send_timeout)
             .field("keep_alive", &self.keep_alive)
             .field("receiver_queue", &self.receiver_queue)
+            .field("deduplication", &self.deduplication)
             .finish()
     }
 }
@@ -64,6 +100,9 @@ pub enum PulsarConfigError {
     /// `pulsar+ssl://` needs the crate's `tls` feature.
     #[error("{0:?} needs TLS: enable outbox-pulsar's `tls` feature")]
     TlsDisabled(String),
+    /// `Deduplication::PerKey` needs a prefix for the producer names.
+    #[error("Deduplication::PerKey needs a non-empty prefix")]
+    EmptyPrefix,
     /// `receiver_queue` is below 2 (permits are renewed when half are used).
     #[error("receiver_queue must be at least 2, not {0}")]
     ReceiverQueue(u32),
@@ -153,6 +192,7 @@ impl PulsarConfig {
             send_timeout: Duration::from_secs(8),
             keep_alive: Duration::from_secs(30),
             receiver_queue: 500,
+            deduplication: Deduplication::Off,
         };
         config.validate()?;
         Ok(config)
@@ -178,6 +218,11 @@ impl PulsarConfig {
             if value.is_zero() {
                 return Err(PulsarConfigError::ZeroDuration(name));
             }
+        }
+        if let Deduplication::PerKey { prefix } = &self.deduplication
+            && prefix.is_empty()
+        {
+            return Err(PulsarConfigError::EmptyPrefix);
         }
         if self.receiver_queue < 2 {
             return Err(PulsarConfigError::ReceiverQueue(self.receiver_queue));

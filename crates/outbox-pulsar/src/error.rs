@@ -34,6 +34,14 @@ pub enum PulsarError {
         /// The broker's description.
         message: String,
     },
+    /// The message is larger than the broker accepts; retrying cannot help.
+    #[error("the message is {size} bytes with its metadata; the broker accepts at most {limit}")]
+    TooLarge {
+        /// Metadata and payload.
+        size: usize,
+        /// The broker's `max_message_size`.
+        limit: usize,
+    },
     /// The broker answered something this client does not understand.
     #[error("protocol error during {operation}: {message}")]
     Protocol {
@@ -53,7 +61,7 @@ impl PulsarError {
         match self {
             Self::Connection { .. } | Self::Timeout { .. } => true,
             Self::Server { code, .. } => is_retryable_code(*code),
-            Self::Protocol { .. } => false,
+            Self::Protocol { .. } | Self::TooLarge { .. } => false,
         }
     }
 

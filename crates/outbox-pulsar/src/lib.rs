@@ -25,8 +25,13 @@ mod proto;
 mod publisher;
 mod source;
 
-pub use config::{PulsarConfig, PulsarConfigError, ServiceUrl};
+pub use config::{Deduplication, PulsarConfig, PulsarConfigError, ServiceUrl};
 pub use dead_letter::PulsarDeadLetterTopic;
 pub use error::{PulsarError, ServerErrorCode};
 pub use publisher::PulsarPublisher;
 pub use source::{ERROR_HEADER, PulsarSource, SubscribeError, Subscription};
+
+#[cfg(test)]
+mod test_broker;
+#[cfg(test)]
+mod tests;
