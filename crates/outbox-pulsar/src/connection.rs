@@ -31,16 +31,20 @@ use crate::proto::{
 /// answer newer clients in the older dialect anyway.
 const PROTOCOL_VERSION: i32 = 15;
 
+/// A MESSAGE frame.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) consumer_id: u64,
+    pub(crate) command: proto::CommandMessage,
+    pub(crate) metadata: MessageMetadata,
+    pub(crate) payload: Bytes,
+}
+
 /// What a consumer receives.
 #[derive(Debug)]
 pub(crate) enum ConsumerEvent {
     /// A MESSAGE frame for this consumer.
-    Message {
-        consumer_id: u64,
-        command: proto::CommandMessage,
-        metadata: MessageMetadata,
-        payload: Bytes,
-    },
+    Message(Box<Delivery>),
     /// The broker closed the consumer (topic moved, unloaded) or the connection ended:
     /// subscribe again.
     Closed { consumer_id: u64 },
@@ -50,7 +54,8 @@ type Receipt = Result<CommandSendReceipt, CommandSendError>;
 
 /// What the handles queue for the connection task.
 enum Outgoing {
-    Frame(Frame),
+    /// Boxed: a `BaseCommand` has a field for every command, some 5 KB.
+    Frame(Box<Frame>),
     /// Close the socket.
     Shutdown,
 }
@@ -273,7 +278,9 @@ impl Connection {
 
     /// Queues a frame that expects no answer (FLOW, ACK, CLOSE_*).
     pub(crate) fn post(&self, command: BaseCommand) {
-        let _ = self.out.send(Outgoing::Frame(Frame::command(command)));
+        let _ = self
+            .out
+            .send(Outgoing::Frame(Box::new(Frame::command(command))));
     }
 
     /// Sends the request built by `build` (given a fresh request id) and waits for
@@ -294,7 +301,7 @@ impl Connection {
         }
         let _ = self
             .out
-            .send(Outgoing::Frame(Frame::command(build(request_id))));
+            .send(Outgoing::Frame(Box::new(Frame::command(build(request_id)))));
         let answer = match tokio::time::timeout(self.operation_timeout, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => return Err(self.shared.lost()),
@@ -349,10 +356,10 @@ impl Connection {
             }),
             ..Default::default()
         };
-        let _ = self.out.send(Outgoing::Frame(Frame {
+        let _ = self.out.send(Outgoing::Frame(Box::new(Frame {
             command,
             message: Some((metadata, payload)),
-        }));
+        })));
         Ok(rx)
     }
 
@@ -419,7 +426,7 @@ async fn run(
             },
             outgoing = queue.recv() => match outgoing {
                 Some(Outgoing::Frame(frame)) => {
-                    if let Err(err) = write_queued(&mut framed, frame, &mut queue).await {
+                    if let Err(err) = write_queued(&mut framed, *frame, &mut queue).await {
                         break err;
                     }
                 }
@@ -479,7 +486,7 @@ async fn write_queued(
     while let Some(frame) = next.take() {
         framed.feed(frame).await.map_err(|e| e.to_string())?;
         match queue.try_recv() {
-            Ok(Outgoing::Frame(frame)) => next = Some(frame),
+            Ok(Outgoing::Frame(frame)) => next = Some(*frame),
             Ok(Outgoing::Shutdown) => {
                 framed.flush().await.map_err(|e| e.to_string())?;
                 return Err(String::new());
@@ -499,7 +506,7 @@ fn dispatch(frame: Frame, shared: &Shared, out: &mpsc::UnboundedSender<Outgoing>
                 pong: Some(CommandPong {}),
                 ..Default::default()
             };
-            let _ = out.send(Outgoing::Frame(Frame::command(pong)));
+            let _ = out.send(Outgoing::Frame(Box::new(Frame::command(pong))));
         }
         Type::Pong => {}
         Type::SendReceipt => {
@@ -524,12 +531,12 @@ fn dispatch(frame: Frame, shared: &Shared, out: &mpsc::UnboundedSender<Outgoing>
             };
             let consumer_id = msg.consumer_id;
             if let Some(events) = shared.routes().consumers.get(&consumer_id) {
-                let _ = events.send(ConsumerEvent::Message {
+                let _ = events.send(ConsumerEvent::Message(Box::new(Delivery {
                     consumer_id,
                     command: msg,
                     metadata,
                     payload,
-                });
+                })));
             }
         }
         Type::CloseProducer => {

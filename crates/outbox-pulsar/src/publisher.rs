@@ -341,7 +341,6 @@ async fn close_producer(producer: &Producer) {
             close_producer: Some(CommandCloseProducer {
                 producer_id: producer.id,
                 request_id,
-                ..Default::default()
             }),
             ..Default::default()
         })

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use crate::client::{Client, murmur3_32};
 use crate::config::{PulsarConfig, PulsarConfigError};
-use crate::connection::{Connection, ConsumerEvent};
+use crate::connection::{Connection, ConsumerEvent, Delivery};
 use crate::error::PulsarError;
 use crate::proto::{
     BaseCommand, CommandAck, CommandCloseConsumer, CommandFlow, CommandSubscribe, KeySharedMeta,
@@ -219,13 +219,13 @@ impl PulsarSource {
     }
 
     /// Turns one MESSAGE into deliveries (several for a batch entry) and queues them.
-    fn accept(
-        &self,
-        consumer_id: u64,
-        command: crate::proto::CommandMessage,
-        metadata: MessageMetadata,
-        payload: Bytes,
-    ) {
+    fn accept(&self, delivery: Delivery) {
+        let Delivery {
+            consumer_id,
+            command,
+            metadata,
+            payload,
+        } = delivery;
         let mut state = self.state();
         let Some(slot) = state
             .slots
@@ -374,12 +374,7 @@ impl MessageSource for PulsarSource {
                 .await
                 .map_err(|e| ConsumeError::new("receive", e.to_string()))?;
             match events.recv().await {
-                Some(ConsumerEvent::Message {
-                    consumer_id,
-                    command,
-                    metadata,
-                    payload,
-                }) => self.accept(consumer_id, command, metadata, payload),
+                Some(ConsumerEvent::Message(delivery)) => self.accept(*delivery),
                 Some(ConsumerEvent::Closed { consumer_id }) => {
                     let mut state = self.state();
                     for (topic, consumer) in &mut state.slots {
@@ -420,10 +415,10 @@ impl MessageSource for PulsarSource {
                         consumer_id: entry.consumer_id,
                         ack_type: AckType::Individual as i32,
                         message_id: vec![MessageIdData {
-                            ack_set: Vec::new(),
-                            batch_index: None,
-                            batch_size: None,
-                            ..entry.id
+                            ledger_id: entry.id.ledger_id,
+                            entry_id: entry.id.entry_id,
+                            partition: entry.id.partition,
+                            ..MessageIdData::default()
                         }],
                         ..Default::default()
                     }),
@@ -454,7 +449,6 @@ impl MessageSource for PulsarSource {
                     close_consumer: Some(CommandCloseConsumer {
                         consumer_id: consumer.id,
                         request_id,
-                        ..Default::default()
                     }),
                     ..Default::default()
                 })

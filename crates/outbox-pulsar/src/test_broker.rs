@@ -112,7 +112,6 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: Str
                                 server_version: "test-broker".into(),
                                 protocol_version: Some(15),
                                 max_message_size: Some(1024 * 1024),
-                                ..Default::default()
                             })
                         }))
                     }
@@ -211,7 +210,6 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: Str
                             c.close_producer = Some(proto::CommandCloseProducer {
                                 producer_id: send.producer_id,
                                 request_id: 0,
-                                ..Default::default()
                             })
                         }))
                     } else {
