@@ -2,7 +2,10 @@
 //! uses, with Apache Pulsar's deduplication rule (a sequence id at or below the
 //! producer name's last one is acknowledged and dropped), token checks and injected
 //! faults. pulsar-lite, the real broker the integration tests use, implements no
-//! deduplication, so these behaviours are tested here.
+//! deduplication and cannot be made to drop a connection on cue, so these behaviours
+//! are tested here. Consumers get every stored entry of their topic that is neither
+//! acknowledged nor out with another consumer, as far as their permits reach; what a
+//! lost connection had unacknowledged goes out again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,14 +16,14 @@ use tokio_util::codec::Framed;
 
 use crate::frame::{Codec, DEFAULT_MAX_FRAME, Frame};
 use crate::proto::{
-    self, BaseCommand, CommandConnected, CommandError, CommandLookupTopicResponse,
+    self, BaseCommand, CommandConnected, CommandError, CommandLookupTopicResponse, CommandMessage,
     CommandPartitionedTopicMetadataResponse, CommandPong, CommandProducerSuccess,
-    CommandSendReceipt, CommandSuccess, MessageIdData, ServerError, base_command::Type,
-    command_lookup_topic_response::LookupType,
+    CommandSendReceipt, CommandSuccess, MessageIdData, MessageMetadata, ServerError,
+    base_command::Type, command_lookup_topic_response::LookupType,
     command_partitioned_topic_metadata_response::LookupType as MetadataResult,
 };
 
-/// One stored message.
+/// One stored entry.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Stored {
     pub(crate) topic: String,
@@ -28,6 +31,21 @@ pub(crate) struct Stored {
     pub(crate) sequence_id: u64,
     pub(crate) key: Option<String>,
     pub(crate) payload: Vec<u8>,
+    pub(crate) metadata: MessageMetadata,
+}
+
+impl Stored {
+    /// An entry as a producer would have sent it (tests add batch or compressed ones).
+    pub(crate) fn entry(topic: &str, metadata: MessageMetadata, payload: Vec<u8>) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            producer: metadata.producer_name.clone(),
+            sequence_id: metadata.sequence_id,
+            key: metadata.partition_key.clone(),
+            payload,
+            metadata,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -46,6 +64,13 @@ pub(crate) struct State {
     pub(crate) close_producer_after_store: bool,
     pub(crate) producers_created: u32,
     pub(crate) next_name: u32,
+    /// Entries (by index into `stored`) acknowledged, per subscription.
+    pub(crate) acked: HashSet<(String, usize)>,
+    /// Entries out with a consumer: (subscription, entry) → connection.
+    pub(crate) out: HashMap<(String, usize), u64>,
+    /// Drop a consumer's connection once it has been sent this many messages.
+    pub(crate) drop_consumer_after: Option<u32>,
+    pub(crate) next_connection: u64,
 }
 
 /// A running test broker.
@@ -83,18 +108,79 @@ fn command(r#type: Type, fill: impl FnOnce(&mut BaseCommand)) -> Frame {
     Frame::command(command)
 }
 
+/// A consumer on one connection.
+struct Consumer {
+    topic: String,
+    subscription: String,
+    permits: u32,
+    sent: u32,
+}
+
+/// What `consumer`'s permits allow it to be sent, and whether its connection must be
+/// dropped after that (`drop_consumer_after`).
+fn dispatch(
+    s: &mut State,
+    connection: u64,
+    id: u64,
+    consumer: &mut Consumer,
+) -> (Vec<Frame>, bool) {
+    let mut frames = Vec::new();
+    for index in 0..s.stored.len() {
+        if consumer.permits == 0 {
+            break;
+        }
+        let position = (consumer.subscription.clone(), index);
+        if s.stored[index].topic != consumer.topic
+            || s.acked.contains(&position)
+            || s.out.contains_key(&position)
+        {
+            continue;
+        }
+        if s.drop_consumer_after.is_some_and(|n| consumer.sent >= n) {
+            s.drop_consumer_after = None;
+            return (frames, true);
+        }
+        s.out.insert(position, connection);
+        consumer.permits -= 1;
+        consumer.sent += 1;
+        let stored = &s.stored[index];
+        let mut frame = command(Type::Message, |c| {
+            c.message = Some(CommandMessage {
+                consumer_id: id,
+                message_id: MessageIdData {
+                    ledger_id: 1,
+                    entry_id: index as u64,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        });
+        frame.message = Some((stored.metadata.clone(), stored.payload.clone().into()));
+        frames.push(frame);
+    }
+    (frames, false)
+}
+
 async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: String) {
     let mut framed = Framed::new(socket, Codec::new(DEFAULT_MAX_FRAME));
     // producer id → (topic, name), for this connection.
     let mut producers: HashMap<u64, (String, String)> = HashMap::new();
+    let mut consumers: HashMap<u64, Consumer> = HashMap::new();
+    let connection = {
+        let mut s = state.lock().unwrap();
+        s.next_connection += 1;
+        s.next_connection
+    };
     while let Some(Ok(frame)) = framed.next().await {
         let Frame {
             command: cmd,
             message,
         } = frame;
-        let reply = {
+        let replies: (Vec<Frame>, bool) = {
             let mut s = state.lock().unwrap();
-            match cmd.r#type() {
+            let mut return_all = Vec::new();
+            let mut drop_after = false;
+            let reply = match cmd.r#type() {
                 Type::Connect => {
                     let connect = cmd.connect.unwrap();
                     let token = connect.auth_data.map(|d| String::from_utf8(d).unwrap());
@@ -186,21 +272,13 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: Str
                     } else {
                         s.last_sequence
                             .insert(key.clone(), i64::try_from(send.sequence_id).unwrap());
-                        s.stored.push(Stored {
-                            topic: key.0.clone(),
-                            producer: metadata.producer_name,
-                            sequence_id: send.sequence_id,
-                            key: metadata.partition_key,
-                            payload: payload.to_vec(),
-                        });
+                        s.stored
+                            .push(Stored::entry(&key.0, metadata, payload.to_vec()));
                         (1, s.stored.len() as u64)
                     };
                     if s.lose_receipts > 0 && !duplicate {
                         s.lose_receipts -= 1;
-                        for key in producers.values() {
-                            s.connected.remove(key);
-                        }
-                        return; // drop the connection: the receipt is lost
+                        break; // drop the connection: the receipt is lost
                     }
                     if s.close_producer_after_store && !duplicate {
                         s.close_producer_after_store = false;
@@ -239,13 +317,70 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: Str
                         })
                     }))
                 }
+                Type::Subscribe => {
+                    let sub = cmd.subscribe.unwrap();
+                    consumers.insert(
+                        sub.consumer_id,
+                        Consumer {
+                            topic: sub.topic,
+                            subscription: sub.subscription,
+                            permits: 0,
+                            sent: 0,
+                        },
+                    );
+                    Some(command(Type::Success, |c| {
+                        c.success = Some(CommandSuccess {
+                            request_id: sub.request_id,
+                            schema: None,
+                        })
+                    }))
+                }
+                Type::Flow => {
+                    let flow = cmd.flow.unwrap();
+                    let Some(consumer) = consumers.get_mut(&flow.consumer_id) else {
+                        continue;
+                    };
+                    consumer.permits += flow.message_permits;
+                    let (frames, hang_up) =
+                        dispatch(&mut s, connection, flow.consumer_id, consumer);
+                    return_all = frames;
+                    drop_after = hang_up;
+                    None
+                }
+                Type::Ack => {
+                    let ack = cmd.ack.unwrap();
+                    if let Some(consumer) = consumers.get(&ack.consumer_id) {
+                        for id in ack.message_id {
+                            let position = (consumer.subscription.clone(), id.entry_id as usize);
+                            s.out.remove(&position);
+                            s.acked.insert(position);
+                        }
+                    }
+                    None
+                }
+                Type::CloseConsumer => {
+                    let close = cmd.close_consumer.unwrap();
+                    consumers.remove(&close.consumer_id);
+                    s.out.retain(|_, c| *c != connection);
+                    Some(command(Type::Success, |c| {
+                        c.success = Some(CommandSuccess {
+                            request_id: close.request_id,
+                            schema: None,
+                        })
+                    }))
+                }
                 Type::Ping => Some(command(Type::Pong, |c| c.pong = Some(CommandPong {}))),
                 _ => None,
-            }
+            };
+            return_all.extend(reply);
+            (return_all, drop_after)
         };
-        if let Some(reply) = reply
-            && framed.send(reply).await.is_err()
-        {
+        let (replies, hang_up) = replies;
+        let mut failed = false;
+        for reply in replies {
+            failed |= framed.send(reply).await.is_err();
+        }
+        if failed || hang_up {
             break;
         }
     }
@@ -253,4 +388,6 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: Str
     for key in producers.values() {
         s.connected.remove(key);
     }
+    // What this connection's consumers had unacknowledged goes out again.
+    s.out.retain(|_, c| *c != connection);
 }

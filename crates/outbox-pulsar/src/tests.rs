@@ -226,3 +226,175 @@ async fn an_unreachable_broker_is_a_transient_failure_for_each_message() {
             .all(|o| o.as_ref().is_err_and(|e| e.is_transient()))
     );
 }
+
+mod source {
+    use std::time::Duration;
+
+    use outbox_ports::{IncomingMessage, MessageSource, Publisher, header};
+    use prost::Message as _;
+
+    use super::{claimed, config};
+    use crate::proto::{CompressionType, KeyValue, MessageMetadata, SingleMessageMetadata};
+    use crate::test_broker::{State, Stored, TestBroker};
+    use crate::{Deduplication, ERROR_HEADER, PulsarPublisher, PulsarSource, Subscription};
+
+    const TOPIC: &str = "persistent://public/default/orders";
+
+    async fn recv(source: &PulsarSource) -> IncomingMessage {
+        tokio::time::timeout(Duration::from_secs(5), source.recv())
+            .await
+            .expect("a message arrives")
+            .unwrap()
+    }
+
+    fn body(m: &IncomingMessage) -> String {
+        String::from_utf8_lossy(&m.payload).into_owned()
+    }
+
+    /// The connection drops after three deliveries, none acknowledged: the source
+    /// subscribes again and the broker sends them again, in order; acknowledging a
+    /// delivery of the lost consumer fails (the broker redelivers it anyway).
+    #[tokio::test]
+    async fn a_lost_connection_resubscribes_and_gets_the_unacknowledged_again() {
+        let broker = TestBroker::start(State::default()).await;
+        let publisher = PulsarPublisher::new(config(&broker, Deduplication::Off)).unwrap();
+        let batch: Vec<_> = (0..4)
+            .map(|n| claimed(n, "k", &format!("m{n}")).message)
+            .collect();
+        for m in &batch {
+            // One by one, so the entries are stored in this order.
+            assert!(publisher.publish(std::slice::from_ref(m)).await[0].is_ok());
+        }
+        broker.state().drop_consumer_after = Some(3);
+
+        let source = PulsarSource::subscribe(
+            config(&broker, Deduplication::Off),
+            "orders",
+            "group",
+            Subscription::Failover,
+        )
+        .await
+        .unwrap();
+        let mut got = vec![recv(&source).await];
+        while body(got.last().unwrap()) != "m3" {
+            got.push(recv(&source).await);
+        }
+        let bodies: Vec<_> = got.iter().map(body).collect();
+        // Before the loss: a prefix of the topic. (Deliveries of the lost consumer
+        // still queued are dropped, not handed out.) After it: everything again.
+        let again = bodies.iter().rposition(|b| b == "m0").unwrap();
+        assert!(again > 0, "the messages came again: {bodies:?}");
+        assert_eq!(bodies[again..], ["m0", "m1", "m2", "m3"], "{bodies:?}");
+        assert!(
+            bodies[..again]
+                .iter()
+                .zip(["m0", "m1", "m2"])
+                .all(|(b, w)| b == w),
+            "{bodies:?}"
+        );
+        assert!(source.ack(&got[0]).await.is_err(), "its consumer is gone");
+        for m in &got[again..] {
+            source.ack(m).await.unwrap();
+        }
+        source.close().await.unwrap();
+        assert_eq!(broker.state().acked.len(), 4);
+    }
+
+    fn single(key: &str, id: &str, payload: &[u8]) -> Vec<u8> {
+        let metadata = SingleMessageMetadata {
+            properties: vec![KeyValue {
+                key: header::MESSAGE_ID.into(),
+                value: id.into(),
+            }],
+            partition_key: Some(key.into()),
+            payload_size: payload.len() as i32,
+            ..Default::default()
+        };
+        let mut out = (metadata.encoded_len() as u32).to_be_bytes().to_vec();
+        out.extend(metadata.encode_to_vec());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Another client's batch entry: split into its messages, each with its own key
+    /// and properties; the entry is acknowledged once all of them are.
+    #[tokio::test]
+    async fn batch_entries_are_split_and_acknowledged_once_all_are() {
+        let broker = TestBroker::start(State::default()).await;
+        let mut payload = Vec::new();
+        for (key, body) in [("a", "x"), ("b", "y"), ("c", "z")] {
+            payload.extend(single(key, &format!("id-{key}"), body.as_bytes()));
+        }
+        let metadata = MessageMetadata {
+            producer_name: "java".into(),
+            num_messages_in_batch: Some(3),
+            ..Default::default()
+        };
+        broker
+            .state()
+            .stored
+            .push(Stored::entry(TOPIC, metadata, payload));
+
+        let source = PulsarSource::subscribe(
+            config(&broker, Deduplication::Off),
+            "orders",
+            "group",
+            Subscription::KeyShared,
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(recv(&source).await);
+        }
+        let keys: Vec<_> = got.iter().map(|m| m.key.clone().unwrap()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(got.iter().map(body).collect::<Vec<_>>(), ["x", "y", "z"]);
+        assert_eq!(got[1].headers[header::MESSAGE_ID], "id-b");
+        assert_ne!(got[0].partition, got[1].partition, "lanes follow the keys");
+
+        source.ack(&got[0]).await.unwrap();
+        source.ack(&got[2]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            broker.state().acked.is_empty(),
+            "one message still unhandled"
+        );
+        source.ack(&got[1]).await.unwrap();
+        source.close().await.unwrap();
+        assert_eq!(broker.state().acked.len(), 1);
+    }
+
+    /// A compressed entry cannot be read: it arrives without its outbox id (so the
+    /// runner parks it) and says why.
+    #[tokio::test]
+    async fn compressed_entries_arrive_without_their_id() {
+        let broker = TestBroker::start(State::default()).await;
+        let metadata = MessageMetadata {
+            producer_name: "java".into(),
+            properties: vec![KeyValue {
+                key: header::MESSAGE_ID.into(),
+                value: "some-id".into(),
+            }],
+            partition_key: Some("k".into()),
+            compression: Some(CompressionType::Lz4 as i32),
+            ..Default::default()
+        };
+        broker
+            .state()
+            .stored
+            .push(Stored::entry(TOPIC, metadata, b"\x04\x22".to_vec()));
+        let source = PulsarSource::subscribe(
+            config(&broker, Deduplication::Off),
+            "orders",
+            "group",
+            Subscription::KeyShared,
+        )
+        .await
+        .unwrap();
+        let m = recv(&source).await;
+        assert_eq!(m.message_id(), None);
+        assert!(m.headers[ERROR_HEADER].contains("Lz4"), "{:?}", m.headers);
+        source.close().await.unwrap();
+    }
+}
