@@ -51,6 +51,8 @@ impl Stored {
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) deduplication: bool,
+    /// The `pulsar+ssl://` URL lookups answer with (a TLS proxy in front).
+    pub(crate) tls_url: Option<String>,
     /// Required token, if any.
     pub(crate) token: Option<String>,
     pub(crate) stored: Vec<Stored>,
@@ -220,6 +222,7 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: Str
                     Some(command(Type::LookupResponse, |c| {
                         c.lookup_topic_response = Some(CommandLookupTopicResponse {
                             broker_service_url: Some(url),
+                            broker_service_url_tls: s.tls_url.clone(),
                             response: Some(LookupType::Connect as i32),
                             request_id,
                             authoritative: Some(true),

@@ -398,3 +398,103 @@ mod source {
         source.close().await.unwrap();
     }
 }
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::Arc;
+
+    use outbox_ports::{PublishErrorKind, Publisher as _};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::{claimed, publish_one};
+    use crate::test_broker::{State, TestBroker};
+    use crate::{PulsarConfig, PulsarPublisher};
+
+    /// A private CA, and a TLS proxy with its certificate for `localhost` in front of
+    /// a scripted broker; returns the proxy's URL and the CA in PEM.
+    async fn tls_broker() -> (TestBroker, String, String) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let server = ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(server));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "pulsar+ssl://localhost:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let broker = TestBroker::start(State {
+            tls_url: Some(url.clone()),
+            ..State::default()
+        })
+        .await;
+        let plain = broker.url.trim_start_matches("pulsar://").to_owned();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let plain = plain.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let mut upstream = TcpStream::connect(plain).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                });
+            }
+        });
+        (broker, url, ca.pem())
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_private_ca() {
+        let (broker, url, ca) = tls_broker().await;
+        let dir = std::env::temp_dir().join(format!("outbox-pulsar-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca).unwrap();
+
+        let mut config = PulsarConfig::new(&url).unwrap();
+        config.tls_ca_file = Some(ca_file.clone());
+        let publisher = PulsarPublisher::new(config).unwrap();
+        assert_eq!(publish_one(&publisher, &claimed(1, "k", "x")).await, Ok(()));
+        assert_eq!(broker.state().stored.len(), 1);
+
+        // Without the private CA, the certificate is not trusted.
+        let untrusting = PulsarPublisher::new(PulsarConfig::new(&url).unwrap()).unwrap();
+        let outcome = untrusting.publish_claimed(&[claimed(2, "k", "y")]).await;
+        let error = outcome[0].as_ref().unwrap_err();
+        assert!(error.message.contains("certificate"), "{error}");
+
+        // A CA file that cannot be read says which.
+        let mut config = PulsarConfig::new(&url).unwrap();
+        config.tls_ca_file = Some(dir.join("missing.pem"));
+        let misconfigured = PulsarPublisher::new(config).unwrap();
+        let outcome = misconfigured.publish_claimed(&[claimed(3, "k", "z")]).await;
+        let error = outcome[0].as_ref().unwrap_err();
+        assert!(error.message.contains("missing.pem"), "{error}");
+        assert_eq!(error.kind, PublishErrorKind::Transient);
+        assert_eq!(broker.state().stored.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
