@@ -23,6 +23,7 @@ fn domain_depends_on_no_runtime_database_broker_or_outer_crate() -> Result<()> {
             "sqlx",
             "rdkafka",
             "pulsar",
+            "prost",
             "outbox-ports",
             "outbox-runtime",
         ],
@@ -40,9 +41,44 @@ fn ports_depend_on_no_runtime_database_broker_or_runtime_crate() -> Result<()> {
             "sqlx",
             "rdkafka",
             "pulsar",
+            "prost",
             "outbox-runtime",
         ],
     )
+}
+
+/// The runtime drives ports and knows no adapter, so services can swap them.
+#[test]
+fn runtime_depends_on_no_adapter() -> Result<()> {
+    assert_no_forbidden_dependencies(
+        "outbox-runtime",
+        &[
+            "sea-orm",
+            "rdkafka",
+            "prost",
+            "outbox-sea-orm",
+            "outbox-kafka",
+            "outbox-pulsar",
+            "outbox-test-support",
+        ],
+    )
+}
+
+/// Broker adapters know no storage adapter and no runtime (their tests use them).
+#[test]
+fn broker_adapters_depend_on_no_storage_or_runtime() -> Result<()> {
+    for adapter in ["outbox-kafka", "outbox-pulsar"] {
+        assert_no_forbidden_dependencies(
+            adapter,
+            &[
+                "sea-orm",
+                "outbox-sea-orm",
+                "outbox-runtime",
+                "outbox-test-support",
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 fn assert_no_forbidden_dependencies(package: &str, forbidden: &[&str]) -> Result<()> {
