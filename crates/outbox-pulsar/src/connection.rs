@@ -7,7 +7,7 @@
 //! connection ends, every waiter gets a [`PulsarError::Connection`] and every
 //! consumer a [`ConsumerEvent::Closed`]; the owner then opens a new connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,7 +66,7 @@ struct Routes {
     receipts: HashMap<(u64, u64), oneshot::Sender<Receipt>>,
     consumers: HashMap<u64, mpsc::UnboundedSender<ConsumerEvent>>,
     /// Producers the broker closed: their sends fail until they are recreated.
-    closed_producers: Vec<u64>,
+    closed_producers: HashSet<u64>,
 }
 
 struct Shared {
@@ -542,7 +542,7 @@ fn dispatch(frame: Frame, shared: &Shared, out: &mpsc::UnboundedSender<Outgoing>
         Type::CloseProducer => {
             if let Some(close) = command.close_producer {
                 let mut routes = shared.routes();
-                routes.closed_producers.push(close.producer_id);
+                routes.closed_producers.insert(close.producer_id);
                 // Its unacknowledged sends will get no receipt: fail them now.
                 routes
                     .receipts

@@ -61,7 +61,6 @@ impl Producer {
             .send_message(self.id, metadata, message.payload.clone())?;
         Ok(Receipt {
             receipt,
-            url: self.conn.url().to_owned(),
             conn: self.conn.clone(),
         })
     }
@@ -72,7 +71,6 @@ struct Receipt {
     receipt: tokio::sync::oneshot::Receiver<
         Result<crate::proto::CommandSendReceipt, crate::proto::CommandSendError>,
     >,
-    url: String,
     conn: Connection,
 }
 
@@ -87,7 +85,7 @@ impl Receipt {
                 message: refused.message,
             }),
             Err(_) => Err(PulsarError::Connection {
-                url: self.url,
+                url: self.conn.url().to_owned(),
                 message: if self.conn.is_closed() {
                     "the connection was lost before the broker acknowledged".into()
                 } else {
@@ -114,6 +112,8 @@ impl Receipt {
 /// - One outcome per message from its own receipt; broker errors map to transient
 ///   or permanent as in [`PulsarError::is_retryable`]; a message the broker has not
 ///   acknowledged within `send_timeout` is a transient failure.
+/// - Sequence ids: see [`Deduplication`]. The relay calls
+///   [`publish_claimed`](Publisher::publish_claimed), which `PerKey` needs.
 pub struct PulsarPublisher {
     client: Arc<Client>,
     partitions: Mutex<HashMap<String, u32>>,
@@ -216,6 +216,13 @@ impl PulsarPublisher {
         let producer = create_producer(&self.client, &target, Some(&name))
             .await
             .map_err(|e| e.to_publish_error())?;
+        // If the send timeout cancels this future, the guard still frees the key's
+        // name; otherwise the next producer of the key would meet ProducerBusy for as
+        // long as this connection lives.
+        let mut guard = ClosesOnDrop {
+            producer: &producer,
+            armed: true,
+        };
         let seq = i64::try_from(claimed.seq).unwrap_or(i64::MAX);
         let outcome = if seq > producer.last_sequence_id {
             match producer.send(claimed.seq, &outgoing) {
@@ -238,9 +245,11 @@ impl PulsarPublisher {
                 last = producer.last_sequence_id,
                 "position below the key's last sequence id; sent without deduplication"
             );
+            guard.armed = false;
             close_producer(&producer).await;
             return self.send(outgoing).await;
         };
+        guard.armed = false;
         close_producer(&producer).await;
         outcome
     }
@@ -330,19 +339,40 @@ async fn create_producer(
     })
 }
 
+/// Posts a CLOSE_PRODUCER for a keyed producer whose send was abandoned.
+struct ClosesOnDrop<'a> {
+    producer: &'a Producer,
+    armed: bool,
+}
+
+impl Drop for ClosesOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let conn = &self.producer.conn;
+            conn.post(close_command(self.producer.id, conn.next_id()));
+        }
+    }
+}
+
+fn close_command(producer_id: u64, request_id: u64) -> BaseCommand {
+    BaseCommand {
+        r#type: Type::CloseProducer as i32,
+        close_producer: Some(CommandCloseProducer {
+            producer_id,
+            request_id,
+        }),
+        ..Default::default()
+    }
+}
+
 /// Closes `producer` and waits for the broker to confirm (so its name is free for the
 /// next producer of the key, on any relay); a failure only means the connection is
 /// gone, which closes the producer too.
 async fn close_producer(producer: &Producer) {
     let closed = producer
         .conn
-        .request("close producer", |request_id| BaseCommand {
-            r#type: Type::CloseProducer as i32,
-            close_producer: Some(CommandCloseProducer {
-                producer_id: producer.id,
-                request_id,
-            }),
-            ..Default::default()
+        .request("close producer", |request_id| {
+            close_command(producer.id, request_id)
         })
         .await;
     if let Err(err) = closed {

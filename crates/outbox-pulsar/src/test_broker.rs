@@ -62,6 +62,8 @@ pub(crate) struct State {
     pub(crate) connected: HashSet<(String, String)>,
     /// Store the next N messages, then drop the connection without a receipt.
     pub(crate) lose_receipts: u32,
+    /// Ignore SEND frames (no store, no receipt) while set: a hung broker.
+    pub(crate) swallow_sends: bool,
     /// After the next stored message, tell its producer the broker closed it.
     pub(crate) close_producer_after_store: bool,
     pub(crate) producers_created: u32,
@@ -263,6 +265,7 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>, url: Str
                         }))
                     }
                 }
+                Type::Send if s.swallow_sends => None,
                 Type::Send => {
                     let send = cmd.send.unwrap();
                     let (metadata, payload) = message.unwrap();

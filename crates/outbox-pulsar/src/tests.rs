@@ -151,6 +151,29 @@ async fn relays_taking_turns_on_a_key_and_keys_in_parallel() {
     assert_eq!(broker.state().stored.len(), 22);
 }
 
+/// The send timeout cuts a keyed send short (the broker hangs): the key's producer is
+/// still closed, so the retry can take its name instead of meeting ProducerBusy.
+#[tokio::test]
+async fn a_timed_out_keyed_send_frees_the_keys_name() {
+    let broker = TestBroker::start(State {
+        deduplication: true,
+        swallow_sends: true,
+        ..State::default()
+    })
+    .await;
+    let mut config = config(&broker, per_key());
+    config.send_timeout = std::time::Duration::from_millis(300);
+    let publisher = PulsarPublisher::new(config).unwrap();
+    let message = claimed(3, "k", "x");
+    assert_eq!(
+        publish_one(&publisher, &message).await,
+        Err(PublishErrorKind::Transient)
+    );
+    broker.state().swallow_sends = false;
+    assert_eq!(publish_one(&publisher, &message).await, Ok(()));
+    assert_eq!(broker.state().stored.len(), 1);
+}
+
 /// Plain `publish` (no claim, so no position) uses the session producer even with
 /// `PerKey`; sequence ids count up from the broker's last one for it.
 #[tokio::test]
