@@ -7,7 +7,6 @@
 
 mod conformance;
 mod end_to_end;
-mod faults;
 mod runner;
 
 use async_trait::async_trait;
