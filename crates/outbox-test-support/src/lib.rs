@@ -5,11 +5,13 @@
 //!   database and broker adapters, usable in your own tests and in `outbox demo`.
 //! - Consumer-side doubles: [`InMemorySource`] (a partitioned subscription with
 //!   rebalances), [`InMemoryInbox`] as a [`TransactionalInbox`](outbox_ports::TransactionalInbox)
-//!   whose [`MemoryTx`] stages effects, and [`InMemoryDeadLetters`].
+//!   whose [`MemoryTx`] stages effects, [`InMemoryDeadLetters`], and [`TextEffects`], a
+//!   handler for the broker adapters' runner tests.
 //! - Fault-injecting wrappers ([`FaultyPublisher`], [`FaultyStore`]) that fail N times,
 //!   fail permanently, fail for one key, or delay.
 //! - With the `sea-orm` feature, `SqlEffects`: a consumer handler that writes its effect
-//!   in the inbox's database transaction and checks per-key order in SQL.
+//!   in the inbox's database transaction and checks per-key order in SQL; and
+//!   `fresh_postgres` / `scalar` for end-to-end tests on the test server.
 //! - A [`ManualClock`] for deterministic retry and lease tests.
 //! - The **conformance suites** ([`conformance`]): one per port (message store,
 //!   publisher, inbox, cursor store, compensation store). Every adapter crate runs them
@@ -29,7 +31,10 @@ mod memory_inbox;
 mod memory_publisher;
 mod memory_store;
 #[cfg(feature = "sea-orm")]
+mod sql_database;
+#[cfg(feature = "sea-orm")]
 mod sql_effects;
+mod text_effects;
 
 pub use clock::ManualClock;
 pub use faults::{FaultyPublisher, FaultyStore, StoreOp};
@@ -39,4 +44,7 @@ pub use memory_inbox::{InMemoryCursorStore, InMemoryInbox, MemoryTx};
 pub use memory_publisher::InMemoryPublisher;
 pub use memory_store::InMemoryStore;
 #[cfg(feature = "sea-orm")]
+pub use sql_database::{POSTGRES_URL_VAR, fresh_postgres, scalar};
+#[cfg(feature = "sea-orm")]
 pub use sql_effects::{EFFECTS_TABLE, SqlEffects};
+pub use text_effects::{TextEffects, text_message};

@@ -10,8 +10,8 @@ use outbox_kafka::{KafkaPublisher, KafkaSource, Provisioning, TopicSpec, ensure_
 use outbox_ports::MessageStore;
 use outbox_runtime::{CancellationToken, ConsumerConfig, ConsumerRunner, Relay, RelayConfig};
 use outbox_sea_orm::{SeaOrmDeadLetters, SeaOrmInbox, SeaOrmStore, StoreConfig};
-use outbox_test_support::SqlEffects;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use outbox_test_support::{SqlEffects, fresh_postgres, scalar};
+use sea_orm::TransactionTrait;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,34 +20,9 @@ const KEYS: usize = 50;
 const PER_KEY: usize = 200;
 const TOTAL: i64 = (KEYS * PER_KEY) as i64;
 
-async fn fresh_postgres() -> DatabaseConnection {
-    let admin_url = std::env::var("OUTBOX_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!("OUTBOX_TEST_POSTGRES_URL is not set: run the tests with `cargo xtask test`")
-    });
-    let admin = outbox_sea_orm::connect(&admin_url).await.unwrap();
-    let name = format!("kafka_e2e_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    outbox_sea_orm::connect(&format!("{base}/{name}"))
-        .await
-        .unwrap()
-}
-
-async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
-    db.query_one_raw(Statement::from_string(db.get_database_backend(), sql))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<i64>(0)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_from_postgres_through_kafka_into_the_inbox() {
-    let db = fresh_postgres().await;
+    let db = fresh_postgres("kafka_e2e").await;
     let store = SeaOrmStore::new(db.clone(), StoreConfig::default()).unwrap();
     store.create_tables().await.unwrap();
     SqlEffects::create_table(&db).await.unwrap();

@@ -3,44 +3,13 @@
 //! rejects is parked on the dead-letter topic with its reason.
 
 use crate::{broker, create_topic, read_topic, unique_topic};
-use async_trait::async_trait;
-use chrono::Utc;
-use outbox_domain::{OutboxMessage, Payload};
 use outbox_kafka::{KafkaDeadLetterTopic, KafkaPublisher, KafkaSource};
-use outbox_ports::{HandlerError, IncomingMessage, MessageHandler, Publisher, header};
+use outbox_ports::{Publisher, header};
 use outbox_runtime::{CancellationToken, ConsumerConfig, ConsumerCounters, ConsumerRunner};
-use outbox_test_support::{InMemoryInbox, MemoryTx};
+use outbox_test_support::{InMemoryInbox, TextEffects, text_message};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-struct Handler;
-
-#[async_trait]
-impl MessageHandler<MemoryTx> for Handler {
-    async fn handle(&self, tx: &mut MemoryTx, m: &IncomingMessage) -> Result<(), HandlerError> {
-        let body = String::from_utf8_lossy(&m.payload).into_owned();
-        if body.contains("poison") {
-            return Err(HandlerError::reject("poison pill"));
-        }
-        tx.push_effect(body);
-        Ok(())
-    }
-}
-
-fn message(topic: &str, key: &str, body: &str) -> OutboxMessage {
-    OutboxMessage::new(
-        "orders",
-        "order.changed",
-        topic,
-        key,
-        Payload::Bytes {
-            content_type: "text/plain".into(),
-            data: body.as_bytes().to_vec(),
-        },
-        Utc::now(),
-    )
-}
 
 struct Group {
     topic: String,
@@ -59,7 +28,7 @@ impl Group {
         let runner = ConsumerRunner::new(
             Arc::new(KafkaSource::new(&config, &self.group, &[&self.topic]).unwrap()),
             Arc::new(self.inbox.clone()),
-            Arc::new(Handler),
+            Arc::new(TextEffects::new()),
             Arc::new(KafkaDeadLetterTopic::new(&config, &self.dead_topic).unwrap()),
             ConsumerConfig::new(&self.group),
         )
@@ -93,9 +62,9 @@ async fn offsets_follow_the_inbox_and_rejected_messages_are_parked_on_a_topic() 
     create_topic(&config, &group.dead_topic, 1).await;
     let publisher = KafkaPublisher::new(config.clone()).unwrap();
     let mut batch: Vec<_> = (0..30)
-        .map(|n| message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
+        .map(|n| text_message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
         .collect();
-    let poison = message(&group.topic, "k1", "poison");
+    let poison = text_message(&group.topic, "k1", "poison");
     batch.push(poison.clone());
     assert!(publisher.publish(&batch).await.iter().all(Result::is_ok));
 
@@ -118,7 +87,7 @@ async fn offsets_follow_the_inbox_and_rejected_messages_are_parked_on_a_topic() 
     // The group restarts: it resumes after its committed offsets, so only the new
     // messages arrive.
     let more: Vec<_> = (30..35)
-        .map(|n| message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
+        .map(|n| text_message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
         .collect();
     assert!(publisher.publish(&more).await.iter().all(Result::is_ok));
     let second = group
@@ -130,18 +99,6 @@ async fn offsets_follow_the_inbox_and_rejected_messages_are_parked_on_a_topic() 
     effects.sort();
     effects.dedup();
     assert_eq!(effects.len(), 35, "each message once");
-}
-
-/// Handles slowly (10 ms a message), so a rebalance lands while partitions are busy.
-struct Slow;
-
-#[async_trait]
-impl MessageHandler<MemoryTx> for Slow {
-    async fn handle(&self, tx: &mut MemoryTx, m: &IncomingMessage) -> Result<(), HandlerError> {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        tx.push_effect(String::from_utf8_lossy(&m.payload).into_owned());
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +113,7 @@ async fn a_second_member_joining_mid_stream_loses_and_doubles_nothing() {
     let publisher = KafkaPublisher::new(config.clone()).unwrap();
     for n in 0..PER_KEY {
         let batch: Vec<_> = (0..KEYS)
-            .map(|k| message(&topic, &format!("k{k}"), &format!("k{k}:{n:03}")))
+            .map(|k| text_message(&topic, &format!("k{k}"), &format!("k{k}:{n:03}")))
             .collect();
         assert!(publisher.publish(&batch).await.iter().all(Result::is_ok));
     }
@@ -168,7 +125,7 @@ async fn a_second_member_joining_mid_stream_loses_and_doubles_nothing() {
         let runner = ConsumerRunner::new(
             Arc::new(KafkaSource::new(&config, &group, &[&topic]).unwrap()),
             Arc::new(inbox.clone()),
-            Arc::new(Slow),
+            Arc::new(TextEffects::slow(Duration::from_millis(10))),
             Arc::new(outbox_test_support::InMemoryDeadLetters::new()),
             consumer,
         )

@@ -4,53 +4,20 @@
 //! joining a Key_Shared subscription mid-stream loses, doubles and reorders nothing.
 
 use crate::{broker, read_topic, unique_topic};
-use async_trait::async_trait;
-use chrono::Utc;
-use outbox_domain::{OutboxMessage, Payload};
-use outbox_ports::{
-    HandlerError, IncomingMessage, MessageHandler, MessageSource, Publisher, header,
-};
+use outbox_domain::OutboxMessage;
+use outbox_ports::{IncomingMessage, MessageSource, Publisher, header};
 use outbox_pulsar::{PulsarDeadLetterTopic, PulsarPublisher, PulsarSource, Subscription};
 use outbox_runtime::{CancellationToken, ConsumerConfig, ConsumerCounters, ConsumerRunner};
-use outbox_test_support::{InMemoryInbox, MemoryTx};
+use outbox_test_support::{InMemoryInbox, TextEffects, text_message};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-struct Handler;
-
-#[async_trait]
-impl MessageHandler<MemoryTx> for Handler {
-    async fn handle(&self, tx: &mut MemoryTx, m: &IncomingMessage) -> Result<(), HandlerError> {
-        let body = String::from_utf8_lossy(&m.payload).into_owned();
-        if body.contains("poison") {
-            return Err(HandlerError::reject("poison pill"));
-        }
-        tx.push_effect(body);
-        Ok(())
-    }
-}
-
-fn message(topic: &str, key: &str, body: &str) -> OutboxMessage {
-    OutboxMessage::new(
-        "orders",
-        "order.changed",
-        topic,
-        key,
-        Payload::Bytes {
-            content_type: "text/plain".into(),
-            data: body.as_bytes().to_vec(),
-        },
-        Utc::now(),
-    )
-}
-
-async fn publish(topic: &str, batch: &[OutboxMessage]) {
+async fn publish(batch: &[OutboxMessage]) {
     let publisher = PulsarPublisher::new(broker()).unwrap();
     let outcomes = publisher.publish(batch).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     publisher.close().await;
-    let _ = topic;
 }
 
 struct Group {
@@ -84,7 +51,7 @@ impl Group {
         let runner = ConsumerRunner::new(
             Arc::new(source),
             Arc::new(self.inbox.clone()),
-            Arc::new(Handler),
+            Arc::new(TextEffects::new()),
             Arc::new(PulsarDeadLetterTopic::new(broker(), &self.dead_topic).unwrap()),
             ConsumerConfig::new(&self.subscription),
         )
@@ -108,11 +75,11 @@ impl Group {
 async fn acknowledged_resume_and_parking(kind: Subscription) {
     let group = Group::new("runner", kind);
     let mut batch: Vec<_> = (0..30)
-        .map(|n| message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
+        .map(|n| text_message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
         .collect();
-    let poison = message(&group.topic, "k1", "poison");
+    let poison = text_message(&group.topic, "k1", "poison");
     batch.push(poison.clone());
-    publish(&group.topic, &batch).await;
+    publish(&batch).await;
 
     let first = group
         .run_until(|inbox, c| inbox.effects().len() == 30 && c.parked.load(Ordering::Relaxed) == 1)
@@ -132,9 +99,9 @@ async fn acknowledged_resume_and_parking(kind: Subscription) {
     // The subscription restarts: it resumes after what was acknowledged, so only the
     // new messages arrive.
     let more: Vec<_> = (30..35)
-        .map(|n| message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
+        .map(|n| text_message(&group.topic, &format!("k{}", n % 3), &format!("m{n}")))
         .collect();
-    publish(&group.topic, &more).await;
+    publish(&more).await;
     let second = group
         .run_until(|inbox, _| inbox.effects().len() == 35)
         .await;
@@ -171,9 +138,9 @@ async fn failover_acknowledges_handled_messages_and_parks_rejected_ones() {
 async fn unacknowledged_messages_come_back_after_a_restart() {
     let topic = unique_topic("redeliver");
     let batch: Vec<_> = (0..6)
-        .map(|n| message(&topic, &format!("k{n}"), &format!("m{n}")))
+        .map(|n| text_message(&topic, &format!("k{n}"), &format!("m{n}")))
         .collect();
-    publish(&topic, &batch).await;
+    publish(&batch).await;
     let recv_all = |source: PulsarSource, n: usize| async move {
         let mut got = Vec::new();
         for _ in 0..n {
@@ -219,18 +186,6 @@ async fn unacknowledged_messages_come_back_after_a_restart() {
     source.close().await.unwrap();
 }
 
-/// Handles slowly (10 ms a message), so the hand-over lands while keys are busy.
-struct Slow;
-
-#[async_trait]
-impl MessageHandler<MemoryTx> for Slow {
-    async fn handle(&self, tx: &mut MemoryTx, m: &IncomingMessage) -> Result<(), HandlerError> {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        tx.push_effect(String::from_utf8_lossy(&m.payload).into_owned());
-        Ok(())
-    }
-}
-
 /// Failover: a second member stands by; when the active one leaves mid-stream, the
 /// standby takes over from the first unacknowledged message. Nothing is lost,
 /// nothing is handled twice (the inbox absorbs redeliveries), every key stays in
@@ -245,9 +200,9 @@ async fn a_failover_standby_takes_over_mid_stream_losing_and_doubling_nothing() 
     let topic = unique_topic("failover");
     for n in 0..PER_KEY {
         let batch: Vec<_> = (0..KEYS)
-            .map(|k| message(&topic, &format!("k{k}"), &format!("k{k}:{n:03}")))
+            .map(|k| text_message(&topic, &format!("k{k}"), &format!("k{k}:{n:03}")))
             .collect();
-        publish(&topic, &batch).await;
+        publish(&batch).await;
     }
     // Both members write to one inbox, as two instances of a service share a database.
     let inbox = InMemoryInbox::new();
@@ -264,7 +219,7 @@ async fn a_failover_standby_takes_over_mid_stream_losing_and_doubling_nothing() 
             let runner = ConsumerRunner::new(
                 Arc::new(source),
                 Arc::new(inbox),
-                Arc::new(Slow),
+                Arc::new(TextEffects::slow(Duration::from_millis(10))),
                 Arc::new(outbox_test_support::InMemoryDeadLetters::new()),
                 ConsumerConfig::new("group"),
             )
