@@ -34,16 +34,20 @@ pub enum MessageStatus {
     Consumed,
     /// Failed for good; waits for an operator to inspect and replay it.
     Dead,
+    /// Stored as an audit record ([`PersistenceStrategy::DbOnly`](crate::PersistenceStrategy::DbOnly));
+    /// never published, so no claim returns it and no event applies to it.
+    Recorded,
 }
 
 impl MessageStatus {
     /// Every status, in life-cycle order.
-    pub const ALL: [MessageStatus; 5] = [
+    pub const ALL: [MessageStatus; 6] = [
         MessageStatus::Pending,
         MessageStatus::InFlight,
         MessageStatus::Published,
         MessageStatus::Consumed,
         MessageStatus::Dead,
+        MessageStatus::Recorded,
     ];
 
     /// The stable name used in storage, metrics and the CLI.
@@ -54,6 +58,7 @@ impl MessageStatus {
             MessageStatus::Published => "published",
             MessageStatus::Consumed => "consumed",
             MessageStatus::Dead => "dead",
+            MessageStatus::Recorded => "recorded",
         }
     }
 
@@ -72,7 +77,9 @@ impl fmt::Display for MessageStatus {
 
 /// A status name that is not one of [`MessageStatus::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown message status `{0}`; expected pending, in_flight, published, consumed or dead")]
+#[error(
+    "unknown message status `{0}`; expected pending, in_flight, published, consumed, dead or recorded"
+)]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for MessageStatus {
@@ -242,6 +249,16 @@ impl Delivery {
             last_error: None,
             published_at: None,
             consumed_at: None,
+        }
+    }
+
+    /// An audit record ([`MessageStatus::Recorded`]), written at `now`: no attempts, never
+    /// due for a relay.
+    pub fn recorded(now: DateTime<Utc>) -> Self {
+        Self {
+            status: MessageStatus::Recorded,
+            max_attempts: 0,
+            ..Self::new(0, now)
         }
     }
 
@@ -517,6 +534,26 @@ mod tests {
             _ => DeliveryEvent::Kill {
                 reason: ErrorText::new("operator"),
             },
+        }
+    }
+
+    proptest! {
+        /// An audit record (`DbOnly`) is never claimable and no event changes it.
+        #[test]
+        fn recorded_messages_accept_no_event(
+            events in proptest::collection::vec(event_strategy(), 1..20),
+        ) {
+            let d = Delivery::recorded(t(0));
+            prop_assert!(!d.is_claimable(t(1_000)));
+            prop_assert!(!d.status.is_unfinished());
+            for (kind, tok, dt, permanent) in events {
+                let ev = make_event(kind, tok, dt, permanent);
+                let refused = matches!(
+                    d.apply(ev, t(dt)),
+                    Err(TransitionError::Illegal { from: MessageStatus::Recorded, .. })
+                );
+                prop_assert!(refused);
+            }
         }
     }
 

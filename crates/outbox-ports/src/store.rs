@@ -192,6 +192,8 @@ pub struct OutboxStats {
     pub consumed: u64,
     /// Dead letters.
     pub dead: u64,
+    /// Audit records (`DbOnly`), which are never published.
+    pub recorded: u64,
     /// Creation time of the oldest unfinished message.
     pub oldest_unsent_at: Option<DateTime<Utc>>,
 }
@@ -215,8 +217,15 @@ impl OutboxStats {
             published,
             consumed,
             dead,
+            recorded: 0,
             oldest_unsent_at,
         }
+    }
+
+    /// Sets the number of audit records.
+    pub fn with_recorded(mut self, recorded: u64) -> Self {
+        self.recorded = recorded;
+        self
     }
 
     /// Messages the relay still owes a delivery.
@@ -235,7 +244,8 @@ impl OutboxStats {
 ///   attempt; concurrent claims never return the same message.
 /// - **Settle** is a compare-and-set on the lease token: a stale token is reported in
 ///   [`SettleReport::lease_lost`] and changes nothing.
-/// - **Enqueue** is all or nothing and keeps the given order. Every message is checked
+/// - **Enqueue** (and **record**, for audit records) is all or nothing and keeps the
+///   given order. Every message is checked
 ///   with [`MessageLimits`](outbox_domain::MessageLimits) first; a bad one fails the call
 ///   with [`StoreError::InvalidMessage`] and nothing is written.
 /// - Claim cost must not grow with the number of finished messages kept.
@@ -245,6 +255,12 @@ pub trait MessageStore: Send + Sync {
     /// Appends messages as pending, in order, all or none. Returns their ids. A message
     /// whose id already exists fails the call with [`StoreError::DuplicateMessage`](crate::StoreError::DuplicateMessage).
     async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>>;
+
+    /// Stores messages as audit records (`PersistenceStrategy::DbOnly`): checked and
+    /// written like [`enqueue`](Self::enqueue), all or none, but with status
+    /// [`Recorded`](outbox_domain::MessageStatus::Recorded), which no claim returns and
+    /// retention never purges.
+    async fn record(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>>;
 
     /// Claims up to `request.limit` messages under a fresh lease.
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>>;

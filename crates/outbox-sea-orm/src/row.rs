@@ -27,7 +27,14 @@ pub(crate) const INSERT_COLUMNS: &str = "id, service, event_type, topic, partiti
      occurred_at, created_at, status, attempts, max_attempts, next_attempt_at";
 
 /// The values of one enqueued message, in [`INSERT_COLUMNS`] order.
-pub(crate) fn insert_values(d: Dialect, m: &OutboxMessage, max_attempts: u32) -> Vec<Value> {
+/// The values of [`INSERT_COLUMNS`](crate::store) for a new row of `m` in
+/// `status` (pending, or recorded for an audit record).
+pub(crate) fn insert_values(
+    d: Dialect,
+    m: &OutboxMessage,
+    status: MessageStatus,
+    max_attempts: u32,
+) -> Vec<Value> {
     let (json, bytes) = match &m.payload {
         Payload::Json(v) => (Some(v), None),
         Payload::Bytes { data, .. } => (None, Some(data.clone())),
@@ -51,7 +58,7 @@ pub(crate) fn insert_values(d: Dialect, m: &OutboxMessage, max_attempts: u32) ->
         Value::BigInt(Some(i64::from(m.schema_version))),
         d.time(Some(m.occurred_at)),
         d.time(Some(m.created_at)),
-        Value::String(Some(MessageStatus::Pending.as_str().to_owned())),
+        Value::String(Some(status.as_str().to_owned())),
         Value::Int(Some(0)),
         Value::Int(Some(i32::try_from(max_attempts).unwrap_or(i32::MAX))),
         d.time(Some(m.created_at)),

@@ -224,6 +224,32 @@ impl SeaOrmStore {
     where
         C: ConnectionTrait + TransactionTrait,
     {
+        self.write_in(conn, messages, MessageStatus::Pending).await
+    }
+
+    /// Writes `messages` as audit records (`PersistenceStrategy::DbOnly`, status
+    /// `recorded`) through `conn`, with the same checks and all-or-nothing rule as
+    /// [`enqueue_in`](Self::enqueue_in). No relay ever claims them.
+    pub async fn record_in<C>(
+        &self,
+        conn: &C,
+        messages: Vec<OutboxMessage>,
+    ) -> StoreResult<Vec<MessageId>>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        self.write_in(conn, messages, MessageStatus::Recorded).await
+    }
+
+    async fn write_in<C>(
+        &self,
+        conn: &C,
+        messages: Vec<OutboxMessage>,
+        status: MessageStatus,
+    ) -> StoreResult<Vec<MessageId>>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
         self.check(&messages)?;
         if messages.is_empty() {
             return Ok(Vec::new());
@@ -233,7 +259,7 @@ impl SeaOrmStore {
         // `conn` is a plain connection). A single statement elsewhere is atomic by itself.
         let result = if self.dialect == Dialect::Postgres || messages.len() > INSERT_CHUNK {
             let txn = conn.begin().await.map_err(db_error)?;
-            match self.insert(&txn, &messages).await {
+            match self.insert(&txn, &messages, status).await {
                 Ok(()) => txn.commit().await.map_err(db_error),
                 Err(e) => {
                     txn.rollback().await.map_err(db_error)?;
@@ -241,7 +267,7 @@ impl SeaOrmStore {
                 }
             }
         } else {
-            self.insert(conn, &messages).await
+            self.insert(conn, &messages, status).await
         };
         match result {
             Ok(()) => Ok(messages.iter().map(|m| m.id).collect()),
@@ -270,7 +296,13 @@ impl SeaOrmStore {
         &self,
         conn: &C,
         messages: &[OutboxMessage],
+        status: MessageStatus,
     ) -> StoreResult<()> {
+        let max_attempts = if status == MessageStatus::Recorded {
+            0
+        } else {
+            self.config.max_attempts
+        };
         for chunk in messages.chunks(INSERT_CHUNK) {
             let mut sql = Sql::new(
                 self.dialect,
@@ -280,11 +312,7 @@ impl SeaOrmStore {
                 if i > 0 {
                     sql.push(", ");
                 }
-                sql.bind_list(row::insert_values(
-                    self.dialect,
-                    m,
-                    self.config.max_attempts,
-                ));
+                sql.bind_list(row::insert_values(self.dialect, m, status, max_attempts));
             }
             conn.execute_raw(sql.build()).await.map_err(db_error)?;
         }
@@ -576,6 +604,10 @@ impl MessageStore for SeaOrmStore {
         self.enqueue_in(&self.db, messages).await
     }
 
+    async fn record(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
+        self.record_in(&self.db, messages).await
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>> {
         request.validate()?;
         let lease = Lease {
@@ -827,7 +859,8 @@ impl MessageStore for SeaOrmStore {
             count(MessageStatus::Consumed),
             count(MessageStatus::Dead),
             oldest.map(|(_, at)| at),
-        ))
+        )
+        .with_recorded(count(MessageStatus::Recorded)))
     }
 
     async fn purge_finished(

@@ -175,7 +175,7 @@ impl<P: Publisher> Publisher for FaultyPublisher<P> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StoreOp {
-    /// [`MessageStore::enqueue`]
+    /// [`MessageStore::enqueue`] and [`MessageStore::record`]
     Enqueue,
     /// [`MessageStore::claim`]
     Claim,
@@ -257,6 +257,11 @@ impl<S: MessageStore> MessageStore for FaultyStore<S> {
     async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
         self.gate(StoreOp::Enqueue).await?;
         self.inner.enqueue(messages).await
+    }
+
+    async fn record(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
+        self.gate(StoreOp::Enqueue).await?;
+        self.inner.record(messages).await
     }
 
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>> {

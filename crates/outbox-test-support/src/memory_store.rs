@@ -41,6 +41,40 @@ impl Default for InMemoryStore {
 }
 
 impl InMemoryStore {
+    /// Checks and appends `messages`, all or none, each with the delivery state
+    /// `initial` gives it.
+    fn append(
+        &self,
+        messages: Vec<OutboxMessage>,
+        initial: impl Fn(&OutboxMessage) -> Delivery,
+    ) -> StoreResult<Vec<MessageId>> {
+        for m in &messages {
+            self.limits
+                .check(m)
+                .map_err(|source| StoreError::InvalidMessage { id: m.id, source })?;
+        }
+        let mut state = self.lock();
+        let mut seen = std::collections::HashSet::new();
+        for m in &messages {
+            if state.by_id.contains_key(&m.id) || !seen.insert(m.id) {
+                return Err(StoreError::DuplicateMessage(m.id));
+            }
+        }
+        let mut ids = Vec::with_capacity(messages.len());
+        for m in messages {
+            let idx = state.next;
+            state.next += 1;
+            ids.push(m.id);
+            state.by_id.insert(m.id, idx);
+            let delivery = initial(&m);
+            if delivery.status.is_unfinished() {
+                state.unfinished.insert(idx);
+            }
+            state.log.insert(idx, (m, delivery));
+        }
+        Ok(ids)
+    }
+
     /// An empty store giving each message the default policy's attempts (20).
     pub fn new() -> Self {
         Self::with_max_attempts(BackoffPolicy::default().max_attempts())
@@ -109,29 +143,12 @@ impl State {
 #[async_trait]
 impl MessageStore for InMemoryStore {
     async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
-        for m in &messages {
-            self.limits
-                .check(m)
-                .map_err(|source| StoreError::InvalidMessage { id: m.id, source })?;
-        }
-        let mut state = self.lock();
-        let mut seen = std::collections::HashSet::new();
-        for m in &messages {
-            if state.by_id.contains_key(&m.id) || !seen.insert(m.id) {
-                return Err(StoreError::DuplicateMessage(m.id));
-            }
-        }
-        let mut ids = Vec::with_capacity(messages.len());
-        for m in messages {
-            let idx = state.next;
-            state.next += 1;
-            ids.push(m.id);
-            state.by_id.insert(m.id, idx);
-            state.unfinished.insert(idx);
-            let delivery = Delivery::new(self.max_attempts, m.created_at);
-            state.log.insert(idx, (m, delivery));
-        }
-        Ok(ids)
+        let max_attempts = self.max_attempts;
+        self.append(messages, |m| Delivery::new(max_attempts, m.created_at))
+    }
+
+    async fn record(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
+        self.append(messages, |m| Delivery::recorded(m.created_at))
     }
 
     async fn claim(&self, request: &ClaimRequest) -> StoreResult<Vec<ClaimedMessage>> {
@@ -299,7 +316,8 @@ impl MessageStore for InMemoryStore {
             count(MessageStatus::Consumed),
             count(MessageStatus::Dead),
             oldest,
-        ))
+        )
+        .with_recorded(count(MessageStatus::Recorded)))
     }
 
     async fn purge_finished(

@@ -117,6 +117,7 @@ macro_rules! store_conformance_tests {
             bad_claim_requests_are_rejected,
             enqueue_rejects_invalid_messages,
             purge_finished_keeps_dead_and_unfinished,
+            recorded_messages_are_never_claimed,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -842,3 +842,72 @@ pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(
         p.iter().map(|m| m.id).collect::<HashSet<_>>()
     );
 }
+
+/// Audit records (`DbOnly`) are stored whole, never claimed, do not hold back their
+/// key, count in the stats, and outlive retention; recording is all or nothing.
+pub async fn recorded_messages_are_never_claimed<S: MessageStore + ?Sized>(store: &S) {
+    let audit = vec![message("k", 0), message("audit-only", 1)];
+    assert_eq!(
+        store.record(audit.clone()).await.expect("record"),
+        audit.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    let relayed = message("k", 2);
+    store.enqueue(vec![relayed.clone()]).await.expect("enqueue");
+
+    let claimed = claim(store, 10, at(0)).await;
+    assert_eq!(
+        claimed.iter().map(|c| c.message.id).collect::<Vec<_>>(),
+        vec![relayed.id],
+        "only the relayed message; the earlier audit record of its key does not block it"
+    );
+    store
+        .settle(vec![settle(&claimed[0], Disposition::Published)], at(1))
+        .await
+        .expect("settle");
+    assert!(claim(store, 10, at(1_000)).await.is_empty());
+
+    for m in &audit {
+        let stored = store.get(m.id).await.expect("get").expect("exists");
+        assert_eq!(&stored.message, m, "envelope survives storage");
+        assert_eq!(stored.delivery.status, MessageStatus::Recorded);
+        assert_eq!(stored.delivery.attempts, 0);
+    }
+    let listed = store
+        .list(&ListFilter::status(MessageStatus::Recorded, 10))
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 2);
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        (stats.recorded, stats.published, stats.unfinished()),
+        (2, 1, 0)
+    );
+    assert_eq!(
+        stats.oldest_unsent_at, None,
+        "audit records are not a backlog"
+    );
+
+    assert_eq!(
+        store
+            .purge_finished(at(1_000_000), 100)
+            .await
+            .expect("purge"),
+        1,
+        "retention takes the published message, never an audit record"
+    );
+    assert_eq!(store.stats().await.expect("stats").recorded, 2);
+
+    let again = message("x", 3);
+    let err = store
+        .record(vec![again.clone(), audit[0].clone()])
+        .await
+        .expect_err("a duplicate id fails the call");
+    assert!(
+        matches!(err, StoreError::DuplicateMessage(id) if id == audit[0].id),
+        "{err}"
+    );
+    assert!(
+        store.get(again.id).await.expect("get").is_none(),
+        "nothing written"
+    );
+}
