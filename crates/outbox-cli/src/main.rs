@@ -6,6 +6,7 @@
 //! system packages (rdkafka, pulsar) will be off-by-default cargo features here, so
 //! `cargo run -p outbox-cli -- demo` builds with the Rust toolchain alone.
 
+mod compensation;
 mod database;
 mod demo;
 mod migrate;
@@ -27,6 +28,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Apply, roll back or inspect the outbox-rs schema migrations.
     Migrate(migrate::MigrateArgs),
+    /// List compensation items of failed batch operations; resolve or abandon them.
+    Compensation(compensation::CompensationArgs),
 }
 
 /// Exit code of a database URL this build cannot use (a usage error, like clap's).
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
+            Command::Compensation(args) => compensation::run(args).await,
         }
     });
     match result {

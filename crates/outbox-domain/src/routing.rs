@@ -108,6 +108,10 @@ pub enum RouteError {
         /// The missing service.
         service: String,
     },
+    /// The routing file is not valid TOML or does not have the expected shape (see
+    /// [`RouteRegistry::from_toml`]).
+    #[error("invalid routing configuration: {0}")]
+    Config(String),
     /// Enqueue of an event type that has no route (caller bug: add a route or fix the
     /// event type).
     #[error("no route for event type `{0}`")]
@@ -116,6 +120,7 @@ pub enum RouteError {
 
 /// One service's destination settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceRoute {
     /// Service name.
     pub name: Identifier,
@@ -153,6 +158,7 @@ pub struct Route<'a> {
 /// The raw shape of routing configuration (for example a `[[services]]` / `[[events]]`
 /// TOML file), turned into a [`RouteRegistry`] by [`RouteRegistry::from_config`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RoutesConfig {
     /// Declared services.
     #[serde(default)]
@@ -164,6 +170,7 @@ pub struct RoutesConfig {
 
 /// One event type's entry in [`RoutesConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventRouteConfig {
     /// The event type, for example `order.created`.
     pub event_type: String,
@@ -193,6 +200,30 @@ impl RouteRegistry {
             registry = registry.with_event(&event.event_type, &event.service, event.strategy)?;
         }
         Ok(registry)
+    }
+
+    /// Parses and validates a routing file:
+    ///
+    /// ```toml
+    /// [[services]]
+    /// name = "orders"              # [a-z_][a-z0-9_]*, at most 63 bytes
+    /// table = "orders_outbox"      # same rule: the only names that reach SQL
+    /// topic = "orders.events"
+    /// consumer_group = "billing"
+    /// strategy = "db_and_publish"  # or db_only, publish_only; default db_and_publish
+    /// topic_partitions = 12        # optional, for topic provisioning
+    ///
+    /// [[events]]
+    /// event_type = "order.created"
+    /// service = "orders"
+    /// strategy = "db_only"         # optional override
+    /// ```
+    ///
+    /// Unknown keys are errors, so a misspelt setting is not silently ignored.
+    pub fn from_toml(text: &str) -> Result<Self, RouteError> {
+        let config: RoutesConfig =
+            toml::from_str(text).map_err(|e| RouteError::Config(e.to_string()))?;
+        Self::from_config(config)
     }
 
     /// Adds a service.
@@ -367,5 +398,78 @@ mod tests {
             (m.service.as_str(), m.topic.as_str()),
             ("orders", "orders.events")
         );
+    }
+
+    const ROUTES: &str = r#"
+        [[services]]
+        name = "orders"
+        table = "orders_outbox"
+        topic = "orders.events"
+        consumer_group = "billing"
+        topic_partitions = 6
+
+        [[services]]
+        name = "audit"
+        table = "outbox_messages"
+        topic = "audit.events"
+        consumer_group = "auditors"
+        strategy = "db_only"
+
+        [[events]]
+        event_type = "order.created"
+        service = "orders"
+
+        [[events]]
+        event_type = "order.viewed"
+        service = "orders"
+        strategy = "publish_only"
+
+        [[events]]
+        event_type = "login.failed"
+        service = "audit"
+    "#;
+
+    #[test]
+    fn routes_load_from_toml() {
+        let registry = RouteRegistry::from_toml(ROUTES).unwrap();
+        let created = registry.route("order.created").unwrap();
+        assert_eq!(created.service.table.as_str(), "orders_outbox");
+        assert_eq!(created.service.topic_partitions.map(|p| p.get()), Some(6));
+        assert_eq!(created.strategy, PersistenceStrategy::DbAndPublish);
+        assert_eq!(
+            registry.route("order.viewed").unwrap().strategy,
+            PersistenceStrategy::PublishOnly
+        );
+        assert_eq!(
+            registry.route("login.failed").unwrap().strategy,
+            PersistenceStrategy::DbOnly
+        );
+    }
+
+    #[test]
+    fn bad_routing_files_are_refused_with_the_reason() {
+        let unsafe_table = ROUTES.replace("orders_outbox", "orders; drop table users");
+        let err = RouteRegistry::from_toml(&unsafe_table).unwrap_err();
+        assert!(err.to_string().contains("drop table"), "{err}");
+        let duplicate =
+            format!("{ROUTES}\n[[events]]\nevent_type = \"order.created\"\nservice = \"audit\"\n");
+        assert_eq!(
+            RouteRegistry::from_toml(&duplicate),
+            Err(RouteError::DuplicateEventType("order.created".into()))
+        );
+        let misspelt = ROUTES.replace(
+            "consumer_group = \"billing\"",
+            "consumer_grup = \"billing\"",
+        );
+        let err = RouteRegistry::from_toml(&misspelt).unwrap_err();
+        assert!(
+            matches!(err, RouteError::Config(ref m) if m.contains("consumer_grup")),
+            "{err}"
+        );
+        let strategy = ROUTES.replace("\"db_only\"", "\"db_maybe\"");
+        assert!(matches!(
+            RouteRegistry::from_toml(&strategy),
+            Err(RouteError::Config(_))
+        ));
     }
 }

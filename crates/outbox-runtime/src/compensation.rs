@@ -1,5 +1,7 @@
 use crate::CancellationToken;
-use outbox_domain::{BackoffPolicy, CompensationEvent, CompensationItem, ErrorText};
+use outbox_domain::{
+    BackoffPolicy, CompensationEvent, CompensationItem, CompensationStatus, ErrorText,
+};
 use outbox_ports::{
     Clock, CompensationStore, ExecuteError, OperationExecutor, StoreError, SystemClock,
 };
@@ -52,8 +54,63 @@ pub struct CompensationReport {
     pub conflicts: usize,
 }
 
+/// The counters every [`CompensationWorker`] and [`CompensationOperator`] increments on
+/// the [`metrics`] facade, each labelled `operation` (the item's operation type). The
+/// library only emits them: install a recorder (a Prometheus exporter, say) in the
+/// application to collect them; without one they cost next to nothing.
+pub mod compensation_metrics {
+    /// Attempts the worker made: every call to the [`OperationExecutor`](outbox_ports::OperationExecutor),
+    /// whatever its outcome.
+    pub const RETRIED: &str = "outbox_compensation_retried_total";
+    /// Items that became `resolved`: by a successful attempt of the worker, or by an
+    /// operator.
+    pub const RESOLVED: &str = "outbox_compensation_resolved_total";
+    /// Items that became `manual_required`: retries used up, or a permanent failure.
+    pub const MANUAL_REQUIRED: &str = "outbox_compensation_manual_required_total";
+    /// Items an operator abandoned.
+    pub const ABANDONED: &str = "outbox_compensation_abandoned_total";
+    /// Changes refused because the item had changed meanwhile, nothing overwritten: a
+    /// worker's result for an item that someone else changed during the attempt (a
+    /// version conflict, or an operator resolved it), or an operator's action on a
+    /// version that is no longer current.
+    pub const CONFLICTS: &str = "outbox_compensation_conflicts_total";
+    /// The label on every compensation counter: the item's operation type.
+    pub const OPERATION_LABEL: &str = "operation";
+}
+
+fn count(name: &'static str, item: &CompensationItem) {
+    metrics::counter!(name, compensation_metrics::OPERATION_LABEL => item.operation_type.clone())
+        .increment(1);
+}
+
+/// Counts the status an item has just reached.
+fn count_status(item: &CompensationItem) {
+    match item.status {
+        CompensationStatus::Resolved => count(compensation_metrics::RESOLVED, item),
+        CompensationStatus::ManualRequired => count(compensation_metrics::MANUAL_REQUIRED, item),
+        CompensationStatus::Abandoned => count(compensation_metrics::ABANDONED, item),
+        CompensationStatus::Pending | CompensationStatus::Retrying => {}
+    }
+}
+
 /// Retries failed batch items through an [`OperationExecutor`], in bounded batches, with
 /// backoff; after `max_retries` an item waits for an operator.
+///
+/// # Metrics
+///
+/// Through the [`metrics`] facade, each counter labelled `operation` with the item's
+/// operation type (names in [`compensation_metrics`]):
+///
+/// | counter | incremented when |
+/// |---|---|
+/// | `outbox_compensation_retried_total` | the worker calls the executor for an item |
+/// | `outbox_compensation_resolved_total` | an item becomes `resolved` (worker or operator) |
+/// | `outbox_compensation_manual_required_total` | an item becomes `manual_required` |
+/// | `outbox_compensation_abandoned_total` | an operator abandons an item |
+/// | `outbox_compensation_conflicts_total` | a change is refused because the item changed meanwhile |
+///
+/// The operator actions ([`resolve`](Self::resolve), [`abandon`](Self::abandon)) go
+/// through a [`CompensationOperator`] and count the same way.
 pub struct CompensationWorker {
     store: Arc<dyn CompensationStore>,
     executor: Arc<dyn OperationExecutor>,
@@ -116,6 +173,7 @@ impl CompensationWorker {
         report: &mut CompensationReport,
     ) -> Result<(), StoreError> {
         report.tried += 1;
+        count(compensation_metrics::RETRIED, &item);
         let result = self
             .executor
             .execute(&item.operation_type, &item.payload)
@@ -147,14 +205,16 @@ impl CompensationWorker {
             Err(e) => {
                 warn!(error = %e, "compensation item changed state meanwhile");
                 report.conflicts += 1;
+                count(compensation_metrics::CONFLICTS, &item);
                 return Ok(());
             }
         };
         match self.store.update(&next, item.version).await {
             Ok(()) => {
+                count_status(&next);
                 match next.status {
-                    outbox_domain::CompensationStatus::Resolved => report.resolved += 1,
-                    outbox_domain::CompensationStatus::ManualRequired => {
+                    CompensationStatus::Resolved => report.resolved += 1,
+                    CompensationStatus::ManualRequired => {
                         warn!(reason = %next.failure_reason, "compensation needs an operator");
                         report.manual_required += 1;
                     }
@@ -164,6 +224,7 @@ impl CompensationWorker {
             }
             Err(StoreError::Conflict { .. }) => {
                 report.conflicts += 1;
+                count(compensation_metrics::CONFLICTS, &item);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -198,43 +259,114 @@ impl CompensationWorker {
 
     /// An operator resolves an item (for example one in `manual_required`), recording who
     /// and why. Fails with [`StoreError::Conflict`] if the item changed since it was read.
+    /// See [`CompensationOperator::act`] for the errors.
     pub async fn resolve(
         &self,
         id: Uuid,
         by: &str,
         note: &str,
     ) -> Result<CompensationItem, StoreError> {
-        self.operator(
-            id,
-            CompensationEvent::Resolve {
-                by: by.to_owned(),
-                note: note.to_owned(),
-            },
-        )
-        .await
+        self.operator()
+            .act(id, OperatorAction::Resolve, by, note, None)
+            .await
     }
 
-    /// An operator abandons an item, recording who and why.
+    /// An operator abandons an item, recording who and why. See
+    /// [`CompensationOperator::act`] for the errors.
     pub async fn abandon(
         &self,
         id: Uuid,
         by: &str,
         note: &str,
     ) -> Result<CompensationItem, StoreError> {
-        self.operator(
-            id,
-            CompensationEvent::Abandon {
-                by: by.to_owned(),
-                note: note.to_owned(),
-            },
-        )
-        .await
+        self.operator()
+            .act(id, OperatorAction::Abandon, by, note, None)
+            .await
     }
 
-    async fn operator(
+    /// The operator actions on this worker's store and clock, for example to act only
+    /// on the version the operator looked at.
+    pub fn operator(&self) -> CompensationOperator {
+        CompensationOperator {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+        }
+    }
+}
+
+/// What an operator does to a compensation item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OperatorAction {
+    /// Mark it resolved (the operator fixed it, or it needs no fixing).
+    Resolve,
+    /// Give up on it.
+    Abandon,
+}
+
+impl OperatorAction {
+    fn event(self, by: &str, note: &str) -> CompensationEvent {
+        let (by, note) = (by.to_owned(), note.to_owned());
+        match self {
+            Self::Resolve => CompensationEvent::Resolve { by, note },
+            Self::Abandon => CompensationEvent::Abandon { by, note },
+        }
+    }
+}
+
+/// Operator actions on compensation items: the domain's `Resolve` / `Abandon`
+/// transitions, written with a compare-and-set on the item's version. Needs no
+/// executor, so admin tools (the `outbox compensation` command) use it directly; a
+/// [`CompensationWorker`] hands one out with [`CompensationWorker::operator`].
+///
+/// Increments the same counters as the worker (see [`CompensationWorker`]'s metrics):
+/// `resolved`, `abandoned` and `conflicts`.
+#[derive(Clone)]
+pub struct CompensationOperator {
+    store: Arc<dyn CompensationStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for CompensationOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompensationOperator")
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompensationOperator {
+    /// Operator actions on `store`, on the system clock.
+    pub fn new(store: Arc<dyn CompensationStore>) -> Self {
+        Self {
+            store,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for the timestamps.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Applies `action` to item `id` as operator `by` with `note`, and returns the item
+    /// as stored. With `expected_version`, acts only if the item still has that version
+    /// (the one the operator looked at).
+    ///
+    /// Errors, none of which changed anything:
+    /// - [`StoreError::NotFound`]: no item has this id;
+    /// - [`StoreError::Conflict`]: the item's version is not `expected_version`, or the
+    ///   item changed between reading and writing it;
+    /// - [`StoreError::InvalidInput`]: the domain refuses the action, because the item
+    ///   is already resolved or abandoned, or `by` is blank;
+    /// - any other store error.
+    pub async fn act(
         &self,
         id: Uuid,
-        event: CompensationEvent,
+        action: OperatorAction,
+        by: &str,
+        note: &str,
+        expected_version: Option<u64>,
     ) -> Result<CompensationItem, StoreError> {
         let item = self
             .store
@@ -244,11 +376,32 @@ impl CompensationWorker {
                 what: "compensation item",
                 id: id.to_string(),
             })?;
+        let conflict = |expected| StoreError::Conflict {
+            what: "compensation item",
+            id: id.to_string(),
+            expected,
+        };
+        if let Some(expected) = expected_version
+            && expected != item.version
+        {
+            count(compensation_metrics::CONFLICTS, &item);
+            return Err(conflict(expected));
+        }
         let next = item
-            .apply(event, self.clock.now())
+            .apply(action.event(by, note), self.clock.now())
             .map_err(|e| StoreError::InvalidInput(e.to_string()))?;
-        self.store.update(&next, item.version).await?;
-        Ok(next)
+        match self.store.update(&next, item.version).await {
+            Ok(()) => {
+                count_status(&next);
+                Ok(next)
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Conflict { .. }) {
+                    count(compensation_metrics::CONFLICTS, &item);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

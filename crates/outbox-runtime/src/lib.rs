@@ -14,7 +14,10 @@
 //!   (so a redelivery is skipped), and acknowledges only after the commit; handler
 //!   failures retry with backoff and are then parked as dead letters.
 //! - [`CompensationWorker`]: retries failed batch items through the
-//!   [`OperationExecutor`](outbox_ports::OperationExecutor) port, in bounded batches.
+//!   [`OperationExecutor`](outbox_ports::OperationExecutor) port, in bounded batches;
+//!   [`CompensationOperator`] resolves or abandons items for an operator. Both count
+//!   what they do on the [`metrics`](https://docs.rs/metrics) facade
+//!   ([`compensation_metrics`]).
 //!
 //! Shutdown is graceful: cancelling stops new claims, the batch in flight is published
 //! and settled (bounded by the drain timeout), then the publisher is flushed. Anything
@@ -23,12 +26,15 @@
 mod compensation;
 mod config;
 mod consumer;
+mod direct;
 mod relay;
 
 pub use compensation::{
-    CompensationConfig, CompensationHandle, CompensationReport, CompensationWorker,
+    CompensationConfig, CompensationHandle, CompensationOperator, CompensationReport,
+    CompensationWorker, OperatorAction, compensation_metrics,
 };
 pub use config::{ConfigError, RelayConfig};
 pub use consumer::{ConsumerConfig, ConsumerCounters, ConsumerRunner};
+pub use direct::DirectPublisher;
 pub use relay::{BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker};
 pub use tokio_util::sync::CancellationToken;

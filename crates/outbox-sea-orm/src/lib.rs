@@ -8,7 +8,8 @@
 //! [`DeadLetterSink`](outbox_ports::DeadLetterSink) ([`SeaOrmDeadLetters`]),
 //! [`CursorStore`](outbox_ports::CursorStore) ([`SeaOrmCursorStore`]) and
 //! [`CompensationStore`](outbox_ports::CompensationStore) ([`SeaOrmCompensationStore`])
-//! with hand-written SQL per backend, and translates every database error into a
+//! with hand-written SQL per backend, and [`RoutedOutbox`], which writes each message to
+//! its service's table with its route's persistence strategy, and translates every database error into a
 //! [`StoreError`](outbox_ports::StoreError). It knows nothing of brokers or of the
 //! runtime. The tables come from `outbox-migrations`.
 //!
@@ -49,6 +50,7 @@ mod dead_letter;
 mod dialect;
 mod error;
 mod inbox;
+mod routed;
 mod row;
 mod store;
 
@@ -57,4 +59,5 @@ pub use connect::{ConnectError, connect, redact_url};
 pub use cursor::SeaOrmCursorStore;
 pub use dead_letter::{ParkedMessage, SeaOrmDeadLetters};
 pub use inbox::SeaOrmInbox;
+pub use routed::{RoutedOutbox, RoutedWriteError, Written};
 pub use store::{SeaOrmStore, StoreConfig};

@@ -241,7 +241,7 @@ impl SeaOrmStore {
         self.write_in(conn, messages, MessageStatus::Recorded).await
     }
 
-    async fn write_in<C>(
+    pub(crate) async fn write_in<C>(
         &self,
         conn: &C,
         messages: Vec<OutboxMessage>,
@@ -278,7 +278,7 @@ impl SeaOrmStore {
 
     /// Validation that needs no database: the message rules and duplicate ids within
     /// the batch.
-    fn check(&self, messages: &[OutboxMessage]) -> StoreResult<()> {
+    pub(crate) fn check(&self, messages: &[OutboxMessage]) -> StoreResult<()> {
         let mut seen = HashSet::with_capacity(messages.len());
         for m in messages {
             self.config

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
 
+mod compensation;
 mod concurrency;
 mod conformance;
 mod consumer;
@@ -14,6 +15,7 @@ mod enqueue;
 mod errors;
 mod inbox;
 mod migrate;
+mod routing;
 
 use outbox_sea_orm::{SeaOrmStore, StoreConfig};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
