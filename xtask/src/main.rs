@@ -52,12 +52,13 @@ COMMANDS:
                     stop the servers `backends start` left in DIR
     ci              cargo fmt --check, cargo clippy -D warnings (installing the
                     build prerequisites first, as `test` does), then `test`
-    migrate <up|down|status|fresh> --database-url URL [--steps N]
+    migrate <up|down|status|fresh> --database-url URL [--steps N] [--routes FILE]
                     apply (up: all, or N), roll back (down: 1, or N), list
                     (status) or roll back all and re-apply (fresh) the outbox-rs
                     schema migrations, through `cargo run -p outbox-cli --
-                    migrate`; fresh touches only the outbox tables, never the
-                    application's (`cargo xtask migrate help` for details)
+                    migrate`; up and status with --routes also create or check
+                    each service's outbox table; fresh touches only the outbox
+                    tables, never the application's (`cargo xtask migrate help`)
     bench [-- ARGS]
                     start PostgreSQL and MariaDB (as `test` does), run the claim
                     benchmark (example bench_claim of outbox-sea-orm) on each,

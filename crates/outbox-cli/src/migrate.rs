@@ -3,6 +3,8 @@
 
 use crate::database::{self, DATABASE_URL_ENV};
 use anyhow::Context;
+use outbox_domain::{Identifier, RouteRegistry};
+use outbox_migrations::schema::OUTBOX_TABLE;
 use outbox_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::MigrationStatus;
@@ -21,11 +23,14 @@ pub(crate) struct MigrateArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum Action {
-    /// Apply the pending migrations (all, or the next N).
+    /// Apply the pending migrations (all, or the next N), then create the outbox table
+    /// of every service in `--routes`.
     Up {
         /// Apply only the next N pending migrations.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         steps: Option<u32>,
+        #[command(flatten)]
+        routes: RoutesArg,
     },
     /// Roll back the newest applied migrations (one by default). Rolling back drops
     /// the outbox tables that migration created, with their rows.
@@ -34,8 +39,12 @@ enum Action {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         steps: u32,
     },
-    /// Print each outbox-rs migration and whether it is Applied or Pending.
-    Status,
+    /// Print each outbox-rs migration and whether it is Applied or Pending, and with
+    /// `--routes`, whether each service's outbox table exists.
+    Status {
+        #[command(flatten)]
+        routes: RoutesArg,
+    },
     /// Roll back every outbox-rs migration, then apply them all again (only the outbox
     /// tables: unlike sea-orm-cli's `fresh`, it never drops the application's tables).
     ///
@@ -45,6 +54,38 @@ enum Action {
     /// in the database, the application's own included: in a database shared with the
     /// application, that would destroy its data.
     Fresh,
+}
+
+/// `--routes FILE`: the routing configuration whose per-service tables to create.
+#[derive(Debug, clap::Args)]
+struct RoutesArg {
+    /// A routing file (TOML, `[[services]]` and `[[events]]`, see docs/routing.md):
+    /// each service's outbox table is created (`up`) or checked (`status`). The file
+    /// is read and validated before the database is touched.
+    #[arg(long, value_name = "FILE")]
+    routes: Option<std::path::PathBuf>,
+}
+
+impl RoutesArg {
+    /// The distinct outbox tables the routes name, other than the default one (which
+    /// the migrations create), read and validated.
+    fn tables(&self) -> anyhow::Result<Vec<Identifier>> {
+        let Some(path) = &self.routes else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read the routes file {}", path.display()))?;
+        let registry = RouteRegistry::from_toml(&text)
+            .with_context(|| format!("the routes file {}", path.display()))?;
+        let mut tables: Vec<Identifier> = registry
+            .services()
+            .map(|s| s.table.clone())
+            .filter(|t| t.as_str() != OUTBOX_TABLE)
+            .collect();
+        tables.sort();
+        tables.dedup();
+        Ok(tables)
+    }
 }
 
 /// Exit code when no database URL was given (a usage error, like clap's own).
@@ -57,6 +98,11 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_USAGE));
     };
+    // A bad routes file stops everything before the database is touched.
+    let route_tables = match &args.action {
+        Action::Up { routes, .. } | Action::Status { routes } => routes.tables()?,
+        Action::Down { .. } | Action::Fresh => Vec::new(),
+    };
     let db = database::connect(&url).await?;
     println!(
         "database: {}",
@@ -64,11 +110,12 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     );
     let before = statuses(&db).await?;
     match args.action {
-        Action::Status => {
+        Action::Status { .. } => {
             print_statuses(&before);
+            print_route_tables(&db, &route_tables).await;
             return Ok(ExitCode::SUCCESS);
         }
-        Action::Up { steps } => Migrator::up(&db, steps)
+        Action::Up { steps, .. } => Migrator::up(&db, steps)
             .await
             .context("apply the migrations")?,
         Action::Down { steps } => Migrator::down(&db, Some(steps))
@@ -112,7 +159,31 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     print_statuses(&after);
+    if !route_tables.is_empty() {
+        let backend = db.get_database_backend();
+        for table in &route_tables {
+            for statement in outbox_migrations::schema::outbox_table(backend, table.as_str()) {
+                db.execute_unprepared(&statement)
+                    .await
+                    .with_context(|| format!("create the outbox table {table}"))?;
+            }
+        }
+        print_route_tables(&db, &route_tables).await;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether each route table exists (a `SELECT` that fails when it does not; the names
+/// are validated identifiers).
+async fn print_route_tables(db: &DatabaseConnection, tables: &[Identifier]) {
+    for table in tables {
+        let exists = db
+            .execute_unprepared(&format!("SELECT 1 FROM {table} WHERE 1 = 0"))
+            .await
+            .is_ok();
+        let state = if exists { "present" } else { "missing" };
+        println!("route table {table}  {state}");
+    }
 }
 
 /// Each migration's name and status, oldest first, without writing anything (not

@@ -82,17 +82,111 @@ fn up_down_status_fresh(url: &str) {
     sql(url, "DELETE FROM app_rows WHERE id = 7").expect("fresh keeps the application's table");
 }
 
+const ROUTES: &str = r#"
+[[services]]
+name = "orders"
+table = "orders_outbox"
+topic = "orders.events"
+consumer_group = "billing"
+
+[[services]]
+name = "payments"
+table = "payments_outbox"
+topic = "payments.events"
+consumer_group = "ledger"
+
+[[services]]
+name = "mail"
+table = "outbox_messages"
+topic = "mail.events"
+consumer_group = "mailers"
+
+[[events]]
+event_type = "order.created"
+service = "orders"
+"#;
+
+/// `up --routes` creates each service's own outbox table (the shared default one comes
+/// from the migrations), `status --routes` reports them, and a second `up` changes
+/// nothing. A routes file with an unsafe table name is refused before the database is
+/// touched.
+fn route_tables(url: &str, dir: &std::path::Path) {
+    let routes = dir.join("routes.toml");
+    std::fs::write(&routes, ROUTES).unwrap();
+    let routes = routes.to_str().unwrap();
+
+    let unsafe_routes = dir.join("unsafe.toml");
+    std::fs::write(
+        &unsafe_routes,
+        ROUTES.replace("payments_outbox", "payments; DROP TABLE app_rows"),
+    )
+    .unwrap();
+    let run = outbox(&[
+        "migrate",
+        "up",
+        "--routes",
+        unsafe_routes.to_str().unwrap(),
+        "--database-url",
+        url,
+    ]);
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(
+        run.stderr.contains("payments; DROP TABLE app_rows"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("a-z, 0-9 and _"),
+        "names the rule: {run}"
+    );
+    assert!(
+        sql(url, "SELECT 1 FROM outbox_messages").is_err(),
+        "nothing was migrated"
+    );
+
+    let run = migrate(url, &["status", "--routes", routes]);
+    assert!(
+        run.stdout.contains("route table orders_outbox  missing"),
+        "{run}"
+    );
+    let run = migrate(url, &["up", "--routes", routes]);
+    for table in ["orders_outbox", "payments_outbox"] {
+        assert!(
+            run.stdout
+                .contains(&format!("route table {table}  present")),
+            "{run}"
+        );
+        sql(url, &format!("SELECT seq, status FROM {table}")).expect("an outbox table");
+    }
+    assert!(
+        !run.stdout.contains("route table outbox_messages"),
+        "the shared default table comes from the migrations: {run}"
+    );
+    let run = migrate(url, &["up", "--routes", routes]);
+    assert!(run.stdout.contains("nothing to apply"), "{run}");
+    assert!(
+        run.stdout.contains("route table payments_outbox  present"),
+        "{run}"
+    );
+}
+
 #[test]
 fn migrate_on_a_sqlite_file() {
     let dir = temp_dir("migrate_sqlite");
     let url = format!("sqlite:{}", dir.join("app.db").display());
     up_down_status_fresh(&url);
+    let url = format!("sqlite:{}", dir.join("routed.db").display());
+    route_tables(&url, &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn migrate_on(server: Server, case: &str) {
     if let Some(db) = server.fresh_database(case) {
         up_down_status_fresh(&db.url);
+    }
+    if let Some(db) = server.fresh_database(&format!("{case}_routes")) {
+        let dir = temp_dir(case);
+        route_tables(&db.url, &dir);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
