@@ -154,7 +154,12 @@ impl RoutedOutbox {
         let mut written = Written::default();
         // (table, strategy) → messages, in input order within each.
         let mut groups: BTreeMap<(&Identifier, bool), Vec<OutboxMessage>> = BTreeMap::new();
+        let mut ids = std::collections::HashSet::with_capacity(messages.len());
         for message in messages {
+            // Across tables too: one id is one message.
+            if !ids.insert(message.id) {
+                return Err(StoreError::DuplicateMessage(message.id).into());
+            }
             let route = self.registry.route(&message.event_type).map_err(|source| {
                 RoutedWriteError::Route {
                     id: message.id,
@@ -177,7 +182,11 @@ impl RoutedOutbox {
                 }
             }
             match strategy.unwrap_or(route.strategy) {
-                PersistenceStrategy::PublishOnly => written.publish_only.push(message),
+                PersistenceStrategy::PublishOnly => {
+                    // Not stored, but held to the same limits as stored messages.
+                    self.stores[&service.table].check(std::slice::from_ref(&message))?;
+                    written.publish_only.push(message);
+                }
                 stored => groups
                     .entry((&service.table, stored.is_relayed()))
                     .or_default()

@@ -227,6 +227,40 @@ async fn routing_errors_write_nothing(backend: Backend) {
         "{err}"
     );
 
+    // One id for two messages of different tables, or a publish-only message over the
+    // limits: refused before any SQL, like a stored one.
+    let mut twin = outbox.message("payment.captured", "p1", json(4)).unwrap();
+    twin.id = good.id;
+    let err = outbox
+        .write_in(&txn, vec![good.clone(), twin], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RoutedWriteError::Store(outbox_ports::StoreError::DuplicateMessage(id)) if id == good.id),
+        "{err}"
+    );
+    let huge = outbox
+        .message(
+            "order.viewed",
+            "o1",
+            Payload::Bytes {
+                content_type: "application/octet-stream".into(),
+                data: vec![0; 2 * outbox_domain::validation::DEFAULT_MAX_PAYLOAD_BYTES],
+            },
+        )
+        .unwrap();
+    let err = outbox
+        .write_in(&txn, vec![good.clone(), huge], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RoutedWriteError::Store(outbox_ports::StoreError::InvalidMessage { .. })
+        ),
+        "{err}"
+    );
+
     // A store error in the second table (a duplicate id, found by the database) rolls
     // back the rows already written to the first.
     let err = outbox
