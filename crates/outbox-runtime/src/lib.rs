@@ -36,5 +36,7 @@ pub use compensation::{
 pub use config::{ConfigError, RelayConfig};
 pub use consumer::{ConsumerConfig, ConsumerCounters, ConsumerRunner};
 pub use direct::DirectPublisher;
-pub use relay::{BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker};
+pub use relay::{
+    BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker, relay_metrics,
+};
 pub use tokio_util::sync::CancellationToken;

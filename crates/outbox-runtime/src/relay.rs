@@ -176,6 +176,7 @@ impl Relay {
         if claimed.is_empty() {
             return Ok(BatchReport::default());
         }
+        metrics::histogram!(relay_metrics::CLAIM_BATCH_SIZE).record(claimed.len() as f64);
         let span = info_span!("relay.batch", relay = owner, claimed = claimed.len());
         let report = self.publish_and_settle(claimed).instrument(span).await;
         self.counters.add(&report);
@@ -183,6 +184,7 @@ impl Relay {
     }
 
     async fn publish_and_settle(&self, claimed: Vec<ClaimedMessage>) -> BatchReport {
+        let started = std::time::Instant::now();
         let outcomes = match tokio::time::timeout(
             self.config.publish_timeout,
             self.publisher.publish_claimed(&claimed),
@@ -213,6 +215,7 @@ impl Relay {
                     ))
                 });
                 let disposition = self.disposition(c, outcome, now);
+                relay_metrics::record(c, &disposition, started.elapsed(), now);
                 match disposition {
                     Disposition::Published => report.published += 1,
                     Disposition::Retry { .. } => report.retried += 1,
@@ -488,5 +491,53 @@ impl RelayHandle {
         }
         info!(relay = %self.relay.config.relay_id, drained, "relay stopped");
         drained
+    }
+}
+
+/// The relay's metrics on the [`metrics`] facade (the application or `outbox relay`
+/// installs the recorder, for example a Prometheus exporter). Labels: `service` and
+/// `topic` of the message.
+pub mod relay_metrics {
+    use chrono::{DateTime, Utc};
+    use outbox_ports::{ClaimedMessage, Disposition};
+    use std::time::Duration;
+
+    /// Counter: messages the broker acknowledged (its rate is the publish rate).
+    pub const PUBLISHED: &str = "outbox_published_total";
+    /// Counter: failed publish attempts scheduled for a retry.
+    pub const RETRIED: &str = "outbox_publish_retries_total";
+    /// Counter: messages that became dead letters.
+    pub const DEAD: &str = "outbox_dead_total";
+    /// Histogram (seconds): how long the publish call of a message's batch took.
+    pub const PUBLISH_LATENCY: &str = "outbox_publish_duration_seconds";
+    /// Histogram (seconds): from the message's commit (its `created_at`) to the broker's
+    /// acknowledgement.
+    pub const COMMIT_TO_ACK: &str = "outbox_commit_to_ack_seconds";
+    /// Histogram: messages per claimed batch (no labels).
+    pub const CLAIM_BATCH_SIZE: &str = "outbox_claim_batch_size";
+
+    pub(crate) fn record(
+        c: &ClaimedMessage,
+        disposition: &Disposition,
+        publish_took: Duration,
+        now: DateTime<Utc>,
+    ) {
+        let labels = [
+            ("service", c.message.service.clone()),
+            ("topic", c.message.topic.clone()),
+        ];
+        metrics::histogram!(PUBLISH_LATENCY, &labels).record(publish_took.as_secs_f64());
+        match disposition {
+            Disposition::Published => {
+                metrics::counter!(PUBLISHED, &labels).increment(1);
+                let since_commit = (now - c.message.created_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                metrics::histogram!(COMMIT_TO_ACK, &labels).record(since_commit);
+            }
+            Disposition::Retry { .. } => metrics::counter!(RETRIED, &labels).increment(1),
+            Disposition::Dead { .. } => metrics::counter!(DEAD, &labels).increment(1),
+        }
     }
 }

@@ -446,3 +446,90 @@ async fn purge_deletes_finished_messages_after_the_retention_period() {
         Err(ConfigError::ZeroDuration("retention"))
     );
 }
+
+/// The relay counts published, retried and dead messages per service and topic, and
+/// records batch sizes and latencies, on a recorder local to this test's thread.
+#[test]
+fn the_relay_reports_on_the_metrics_facade() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use outbox_runtime::relay_metrics;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let clock = ManualClock::fixed();
+            let store = InMemoryStore::new();
+            let batch: Vec<_> = ["a", "b", "c", "d"]
+                .iter()
+                .map(|k| msg(k, 0, clock.now()))
+                .collect();
+            store.enqueue(batch).await.unwrap();
+            let publisher = FaultyPublisher::new(InMemoryPublisher::new());
+            publisher.fail_key("c", PublishErrorKind::Transient, Some(1));
+            publisher.fail_key("d", PublishErrorKind::Permanent, None);
+            let relay = Relay::new(
+                Arc::new(store.clone()),
+                Arc::new(publisher),
+                RelayConfig::default(),
+            )
+            .unwrap()
+            .with_clock(Arc::new(clock.clone()));
+            let report = relay.run_once().await.unwrap();
+            assert_eq!((report.published, report.retried, report.dead), (2, 1, 1));
+        });
+    });
+    let mut counters = std::collections::HashMap::new();
+    let mut histograms = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = key.key().name().to_owned();
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert((name, labels), n);
+            }
+            DebugValue::Histogram(values) => {
+                histograms.insert((name, labels), values.len());
+            }
+            DebugValue::Gauge(_) => {}
+        }
+    }
+    let labels = vec![
+        "service=orders".to_owned(),
+        "topic=orders.events".to_owned(),
+    ];
+    for (name, n) in [
+        (relay_metrics::PUBLISHED, 2),
+        (relay_metrics::RETRIED, 1),
+        (relay_metrics::DEAD, 1),
+    ] {
+        assert_eq!(
+            counters.get(&(name.to_owned(), labels.clone())),
+            Some(&n),
+            "{name}: {counters:?}"
+        );
+    }
+    assert_eq!(
+        histograms.get(&(relay_metrics::CLAIM_BATCH_SIZE.to_owned(), vec![])),
+        Some(&1),
+        "one batch: {histograms:?}"
+    );
+    assert_eq!(
+        histograms.get(&(relay_metrics::PUBLISH_LATENCY.to_owned(), labels.clone())),
+        Some(&4),
+        "one latency per message"
+    );
+    assert_eq!(
+        histograms.get(&(relay_metrics::COMMIT_TO_ACK.to_owned(), labels)),
+        Some(&2),
+        "one per published message"
+    );
+}
