@@ -89,6 +89,11 @@ ENVIRONMENT:
 /// Exit code for commands that exist but cannot run yet, and for usage errors.
 const EXIT_UNAVAILABLE: u8 = 2;
 
+/// The `outbox` binary's broker features: off by default (they need cmake and
+/// protoc, which `outbox demo` must not), on for the tests and lints, so that
+/// `outbox relay` is built, linted and tested against the real brokers.
+const BROKER_FEATURES: &str = "outbox-cli/kafka,outbox-cli/pulsar";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
@@ -162,12 +167,14 @@ fn test(extra_args: &[String]) -> Result<()> {
         let profile = if in_ci() { "ci" } else { "default" };
         let mut cmd = workspace.cargo();
         cmd.args(["nextest", "run", "--workspace", "--all-targets"]);
+        cmd.args(["--features", BROKER_FEATURES]);
         cmd.args(["--profile", profile]);
         cmd
     } else {
         println!("[xtask] cargo-nextest is not installed: falling back to `cargo test`");
         let mut cmd = workspace.cargo();
         cmd.args(["test", "--workspace", "--all-targets"]);
+        cmd.args(["--features", BROKER_FEATURES]);
         cmd
     };
     tests.args(&args.runner_args);
@@ -247,6 +254,8 @@ fn ci() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        BROKER_FEATURES,
         "--",
         "-D",
         "warnings",

@@ -42,6 +42,9 @@ enum Action {
         /// At most this many items.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
+        /// Print one JSON document on stdout instead of the table (docs/admin-cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Mark an item resolved (for example one in manual_required that was fixed by
     /// hand), recording who and why.
@@ -98,16 +101,17 @@ pub(crate) async fn run(args: CompensationArgs) -> anyhow::Result<ExitCode> {
         return Err(anyhow!("no SQLite database at {}", path.display()));
     }
     let db = database::connect(&url).await?;
-    println!(
-        "database: {}",
-        database::describe(&url, db.get_database_backend())
-    );
+    let described = database::describe(&url, db.get_database_backend());
+    if !matches!(args.action, Action::List { json: true, .. }) {
+        println!("database: {described}");
+    }
     let store = Arc::new(SeaOrmCompensationStore::new(db));
     match args.action {
         Action::List {
             status,
             batch,
             limit,
+            json,
         } => {
             let filter = CompensationFilter {
                 status,
@@ -117,7 +121,11 @@ pub(crate) async fn run(args: CompensationArgs) -> anyhow::Result<ExitCode> {
             let items = store.list(&filter).await.context(
                 "read the compensation items (has `outbox migrate up` been run on this database?)",
             )?;
-            print_table(&items, filter.limit);
+            if json {
+                crate::output::print_json(&list_json(&described, &items, filter.limit))?;
+            } else {
+                print_table(&items, filter.limit);
+            }
         }
         Action::Resolve(decision) => {
             decide(
@@ -192,6 +200,41 @@ async fn decide(
     );
     println!("now version {}", item.version);
     Ok(())
+}
+
+/// `list --json`: the items with stable field names, and whether the limit cut the
+/// list short.
+fn list_json(database: &str, items: &[CompensationItem], limit: usize) -> serde_json::Value {
+    use crate::output::json_time;
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "id": i.id.to_string(),
+                "batch_id": i.batch_id,
+                "item_index": i.item_index,
+                "operation_type": i.operation_type,
+                "status": i.status.as_str(),
+                "retry_count": i.retry_count,
+                "max_retries": i.max_retries,
+                "next_retry_at": json_time(Some(i.next_retry_at)),
+                "failure_reason": i.failure_reason.as_str(),
+                "resolved_by": i.resolved_by,
+                "resolution_note": i.resolution_note,
+                "resolved_at": json_time(i.resolved_at),
+                "created_at": json_time(Some(i.created_at)),
+                "updated_at": json_time(Some(i.updated_at)),
+                "version": i.version,
+                "payload": i.payload,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "database": database,
+        "limit": limit,
+        "limit_reached": items.len() == limit,
+        "items": items,
+    })
 }
 
 /// The last column: an operator's decision, or else the latest failure.

@@ -6,10 +6,18 @@
 //! system packages (rdkafka, pulsar) will be off-by-default cargo features here, so
 //! `cargo run -p outbox-cli -- demo` builds with the Rust toolchain alone.
 
+mod admin;
 mod compensation;
+mod config;
+mod cursor;
 mod database;
+mod dead;
 mod demo;
+mod http;
 mod migrate;
+mod output;
+mod relay;
+mod status;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +38,15 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// List compensation items of failed batch operations; resolve or abandon them.
     Compensation(compensation::CompensationArgs),
+    /// Show the outbox per service: backlog, oldest unsent, retries, parked keys, dead.
+    Status(status::StatusArgs),
+    /// List, show, replay, purge dead messages; kill the failing head of a parked key.
+    Dead(dead::DeadArgs),
+    /// Show, create and move named subscriber cursors.
+    Cursor(cursor::CursorArgs),
+    /// Run the relay daemon: publish every routed outbox table to the broker, with
+    /// metrics and health endpoints, until SIGTERM or Ctrl-C.
+    Relay(relay::RelayArgs),
 }
 
 /// Exit code of a database URL this build cannot use (a usage error, like clap's).
@@ -59,6 +76,10 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Compensation(args) => compensation::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Dead(args) => dead::run(args).await,
+            Command::Cursor(args) => cursor::run(args).await,
+            Command::Relay(args) => relay::run(args).await,
         }
     });
     match result {

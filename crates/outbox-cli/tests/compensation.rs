@@ -125,6 +125,38 @@ fn list_resolve_abandon(url: &str) {
     assert!(row.ends_with("account closed"), "{row}");
     assert!(run.stdout.contains("4 item(s)"), "{run}");
 
+    // JSON: one document on stdout, stable field names.
+    let run = ok(url, &["list", "--json", "--status", "manual_required"]);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{run}"));
+    let items = doc["items"].as_array().unwrap();
+    let json_ids: Vec<Uuid> = items
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(json_ids, [a, b, other], "{doc:#}");
+    assert_eq!(
+        (
+            &items[0]["batch_id"],
+            &items[0]["item_index"],
+            &items[0]["status"],
+            &items[0]["retry_count"],
+            &items[0]["version"],
+            &items[0]["failure_reason"],
+        ),
+        (
+            &"b-1".into(),
+            &0.into(),
+            &"manual_required".into(),
+            &1.into(),
+            &2.into(),
+            &"account closed".into(),
+        ),
+        "{doc:#}"
+    );
+    assert_eq!(items[0]["payload"]["order"], 0);
+    assert_eq!(doc["limit_reached"], false);
+
     // Filters.
     let run = ok(
         url,

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use outbox_domain::{
     Delivery, DeliveryEvent, ErrorText, Lease, LeaseToken, MessageId, MessageStatus, OutboxMessage,
 };
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A message with its delivery state, as a store keeps it.
@@ -154,25 +155,128 @@ pub struct SettleReport {
     pub lease_lost: Vec<MessageId>,
 }
 
-/// Which messages [`MessageStore::list`] returns.
+/// Which messages [`MessageStore::list`] returns: every condition that is set must hold.
+///
+/// Build one with [`ListFilter::all`] or [`ListFilter::status`] and narrow it with the
+/// `with_*` methods:
+///
+/// ```
+/// # use outbox_ports::ListFilter;
+/// # use outbox_domain::MessageStatus;
+/// let dead_orders = ListFilter::status(MessageStatus::Dead, 100)
+///     .with_service("orders")
+///     .with_event_type("order.created");
+/// assert_eq!(dead_orders.service.as_deref(), Some("orders"));
+/// ```
+///
+/// Stores bind every value as a query parameter; none is ever spliced into SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListFilter {
     /// Only messages in this status.
     pub status: Option<MessageStatus>,
-    /// Only messages written after this [`StoredMessage::seq`] (for paging).
+    /// Only messages written after this [`StoredMessage::seq`] (for paging: pass the
+    /// last `seq` of the previous page).
     pub after_seq: Option<u64>,
-    /// At most this many.
+    /// Only messages of this service ([`OutboxMessage::service`], exact match).
+    pub service: Option<String>,
+    /// Only messages of this event type ([`OutboxMessage::event_type`], exact match).
+    pub event_type: Option<String>,
+    /// Only messages of this partition key ([`OutboxMessage::partition_key`], exact
+    /// match; keys are scoped by service, so combine it with [`service`](Self::service)
+    /// when several services share a table).
+    pub partition_key: Option<String>,
+    /// Only messages created at or after this time ([`OutboxMessage::created_at`],
+    /// inclusive).
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only messages created before this time ([`OutboxMessage::created_at`],
+    /// exclusive).
+    pub created_before: Option<DateTime<Utc>>,
+    /// At most this many (zero returns nothing).
     pub limit: usize,
 }
 
 impl ListFilter {
-    /// The first `limit` messages in `status`.
-    pub fn status(status: MessageStatus, limit: usize) -> Self {
+    /// The first `limit` messages, in any status.
+    pub fn all(limit: usize) -> Self {
         Self {
-            status: Some(status),
+            status: None,
             after_seq: None,
+            service: None,
+            event_type: None,
+            partition_key: None,
+            created_from: None,
+            created_before: None,
             limit,
         }
+    }
+
+    /// The first `limit` messages in `status`.
+    pub fn status(status: MessageStatus, limit: usize) -> Self {
+        Self::all(limit).with_status(status)
+    }
+
+    /// The same filter, only messages in `status`.
+    pub fn with_status(mut self, status: MessageStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The same filter, only messages written after `seq` (the next page).
+    pub fn with_after_seq(mut self, seq: u64) -> Self {
+        self.after_seq = Some(seq);
+        self
+    }
+
+    /// The same filter, only messages of `service`.
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// The same filter, only messages of `event_type`.
+    pub fn with_event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// The same filter, only messages of partition key `key`.
+    pub fn with_partition_key(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = Some(key.into());
+        self
+    }
+
+    /// The same filter, only messages created at or after `at`.
+    pub fn with_created_from(mut self, at: DateTime<Utc>) -> Self {
+        self.created_from = Some(at);
+        self
+    }
+
+    /// The same filter, only messages created before `at`.
+    pub fn with_created_before(mut self, at: DateTime<Utc>) -> Self {
+        self.created_before = Some(at);
+        self
+    }
+
+    /// The same filter with another limit.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Whether `m` in `status` at position `seq` passes every condition but the limit
+    /// (for in-memory stores; SQL stores express the same conditions in their query).
+    pub fn matches(&self, seq: u64, m: &OutboxMessage, status: MessageStatus) -> bool {
+        self.status.is_none_or(|s| s == status)
+            && self.after_seq.is_none_or(|after| seq > after)
+            && self.service.as_deref().is_none_or(|s| s == m.service)
+            && self.event_type.as_deref().is_none_or(|t| t == m.event_type)
+            && self
+                .partition_key
+                .as_deref()
+                .is_none_or(|k| k == m.partition_key)
+            && self.created_from.is_none_or(|at| m.created_at >= at)
+            && self.created_before.is_none_or(|at| m.created_at < at)
     }
 }
 
@@ -196,6 +300,10 @@ pub struct OutboxStats {
     pub recorded: u64,
     /// Creation time of the oldest unfinished message.
     pub oldest_unsent_at: Option<DateTime<Utc>>,
+    /// Parked keys: distinct (service, partition key) whose first unfinished message
+    /// is pending after at least one failed attempt, so the whole key waits for that
+    /// head's retry (or for an operator to [`kill`](MessageStore::kill) it).
+    pub parked_keys: u64,
 }
 
 impl OutboxStats {
@@ -219,12 +327,19 @@ impl OutboxStats {
             dead,
             recorded: 0,
             oldest_unsent_at,
+            parked_keys: 0,
         }
     }
 
     /// Sets the number of audit records.
     pub fn with_recorded(mut self, recorded: u64) -> Self {
         self.recorded = recorded;
+        self
+    }
+
+    /// Sets the number of parked keys.
+    pub fn with_parked_keys(mut self, parked_keys: u64) -> Self {
+        self.parked_keys = parked_keys;
         self
     }
 
@@ -295,8 +410,18 @@ pub trait MessageStore: Send + Sync {
     /// Messages in write order, filtered.
     async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<StoredMessage>>;
 
-    /// Counts for monitoring.
+    /// Counts for monitoring, over the whole store.
     async fn stats(&self) -> StoreResult<OutboxStats>;
+
+    /// The same counts per service (a table may hold several services), keyed by
+    /// service name. A service appears once it has any message; the counts of all
+    /// services add up to [`stats`](Self::stats).
+    async fn stats_by_service(&self) -> StoreResult<BTreeMap<String, OutboxStats>>;
+
+    /// Deletes the dead messages among `ids` (an operator's purge of dead letters).
+    /// Messages in any other status and unknown ids are left alone. Returns how many
+    /// it deleted.
+    async fn delete_dead(&self, ids: &[MessageId]) -> StoreResult<u64>;
 
     /// The retention job: deletes up to `limit` published or consumed messages that were
     /// published before `published_before`, oldest first. Dead letters and unfinished

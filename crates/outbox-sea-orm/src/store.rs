@@ -17,7 +17,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, TransactionSession,
     TransactionTrait, Value,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// Rows per `INSERT` statement of a bulk enqueue. With 17 columns this stays well under
@@ -557,6 +557,197 @@ impl SeaOrmStore {
     }
 }
 
+impl SeaOrmStore {
+    /// The highest [`StoredMessage::seq`] in the table (`None` when it is empty): the
+    /// position of the newest message, for example to measure how far a named cursor
+    /// lags behind. One primary-key lookup.
+    pub async fn latest_seq(&self) -> StoreResult<Option<u64>> {
+        let sql = Sql::new(
+            self.dialect,
+            format!("SELECT MAX(seq) AS seq FROM {}", self.table()),
+        );
+        let Some(r) = self.db.query_one_raw(sql.build()).await.map_err(db_error)? else {
+            return Ok(None);
+        };
+        Ok(get::<i64>(&r, "seq")?.map(|s| u64::try_from(s).unwrap_or(0)))
+    }
+
+    /// The heads of parked keys, in write order, at most `limit`: each message that
+    /// is pending after a failed attempt and is the first unfinished message of its
+    /// (service, key), so its whole key waits for its retry. These are the messages
+    /// [`OutboxStats::parked_keys`] counts; an operator inspects them and may
+    /// [`kill`](MessageStore::kill) one to let its key flow. Reads only unfinished rows.
+    pub async fn parked_heads(&self, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let t = self.table();
+        let mut sql = Sql::new(
+            self.dialect,
+            format!(
+                "SELECT {} FROM {t} m WHERE m.status = 'pending' AND m.attempts > 0 AND {} \
+                 ORDER BY m.seq LIMIT ",
+                qualified("m", ALL_COLUMNS),
+                earlier_unfinished_absent(t)
+            ),
+        );
+        sql.bind(limit_value(limit));
+        self.db
+            .query_all_raw(sql.build())
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| row::stored(self.dialect, r))
+            .collect()
+    }
+
+    /// The counters, per service (`by_service`) or for the whole table (under the key
+    /// `""`; absent when the table is empty).
+    ///
+    /// - Status counts: one `GROUP BY` over the table (finished rows are counted too,
+    ///   so this reads them; a covering index would not change that).
+    /// - Oldest unsent: the first unfinished row by write order, read from the
+    ///   `(status, seq)` index, or per service the `MIN(seq)` over unfinished rows only.
+    /// - Parked keys: pending rows with a failed attempt that are the first unfinished
+    ///   row of their key ([`earlier_unfinished_absent`], probes on the
+    ///   `_key_unfinished` index like the claim's); only unfinished rows are read.
+    async fn collect_stats(&self, by_service: bool) -> StoreResult<BTreeMap<String, OutboxStats>> {
+        let t = self.table();
+        let dl = self.dialect;
+        let (svc, group) = if by_service {
+            ("service, ", "service, ")
+        } else {
+            ("'' AS service, ", "")
+        };
+        let retried = "CASE WHEN attempts > 0 THEN 1 ELSE 0 END";
+        let counts = Sql::new(
+            dl,
+            format!(
+                "SELECT {svc}status, {retried} AS retried, COUNT(*) AS n FROM {t} \
+                 GROUP BY {group}status, {retried}"
+            ),
+        );
+        #[derive(Default)]
+        struct Acc {
+            by_status: HashMap<MessageStatus, u64>,
+            retrying: u64,
+            oldest: Option<DateTime<Utc>>,
+            parked: u64,
+        }
+        let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
+        for r in self
+            .db
+            .query_all_raw(counts.build())
+            .await
+            .map_err(db_error)?
+        {
+            let service: String = req(get(&r, "service"), "service")?;
+            let status: String = req(get(&r, "status"), "status")?;
+            let status: MessageStatus = status
+                .parse()
+                .map_err(|e| crate::error::decode_error("status", e))?;
+            let retried = req(get::<i32>(&r, "retried"), "retried")? == 1;
+            let n = u64::try_from(req(get::<i64>(&r, "n"), "n")?).unwrap_or(0);
+            let a = acc.entry(service).or_default();
+            *a.by_status.entry(status).or_default() += n;
+            if status == MessageStatus::Pending && retried {
+                a.retrying += n;
+            }
+        }
+        if acc.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+
+        if by_service {
+            let oldest = Sql::new(
+                dl,
+                format!(
+                    "SELECT o.service, m.created_at FROM (SELECT service, MIN(seq) AS seq \
+                     FROM {t} WHERE status IN ('pending', 'in_flight') GROUP BY service) o \
+                     JOIN {t} m ON m.seq = o.seq"
+                ),
+            );
+            for r in self
+                .db
+                .query_all_raw(oldest.build())
+                .await
+                .map_err(db_error)?
+            {
+                let service: String = req(get(&r, "service"), "service")?;
+                let at = req(dl.get_time(&r, "created_at"), "created_at")?;
+                acc.entry(service).or_default().oldest = Some(at);
+            }
+        } else {
+            // The first of each unfinished status by write order, each an index lookup
+            // on (status, seq).
+            let mut oldest: Option<(i64, DateTime<Utc>)> = None;
+            for status in [MessageStatus::Pending, MessageStatus::InFlight] {
+                let mut sql = Sql::new(
+                    dl,
+                    format!("SELECT seq, created_at FROM {t} WHERE status = "),
+                );
+                sql.bind(Value::String(Some(status.as_str().to_owned())))
+                    .push(" ORDER BY seq LIMIT 1");
+                if let Some(r) = self.db.query_one_raw(sql.build()).await.map_err(db_error)? {
+                    let seq = req(get::<i64>(&r, "seq"), "seq")?;
+                    let at = req(dl.get_time(&r, "created_at"), "created_at")?;
+                    if oldest.is_none_or(|(s, _)| seq < s) {
+                        oldest = Some((seq, at));
+                    }
+                }
+            }
+            if let Some(a) = acc.values_mut().next() {
+                a.oldest = oldest.map(|(_, at)| at);
+            }
+        }
+
+        let (svc, group) = if by_service {
+            ("m.service, ", " GROUP BY m.service")
+        } else {
+            ("'' AS service, ", "")
+        };
+        let parked = Sql::new(
+            dl,
+            format!(
+                "SELECT {svc}COUNT(*) AS n FROM {t} m WHERE m.status = 'pending' \
+                 AND m.attempts > 0 AND {}{group}",
+                earlier_unfinished_absent(t)
+            ),
+        );
+        for r in self
+            .db
+            .query_all_raw(parked.build())
+            .await
+            .map_err(db_error)?
+        {
+            let service: String = req(get(&r, "service"), "service")?;
+            let n = u64::try_from(req(get::<i64>(&r, "n"), "n")?).unwrap_or(0);
+            if let Some(a) = acc.get_mut(&service) {
+                a.parked = n;
+            }
+        }
+
+        Ok(acc
+            .into_iter()
+            .map(|(service, a)| {
+                let count = |s| a.by_status.get(&s).copied().unwrap_or(0);
+                let stats = OutboxStats::new(
+                    count(MessageStatus::Pending) - a.retrying,
+                    a.retrying,
+                    count(MessageStatus::InFlight),
+                    count(MessageStatus::Published),
+                    count(MessageStatus::Consumed),
+                    count(MessageStatus::Dead),
+                    a.oldest,
+                )
+                .with_recorded(count(MessageStatus::Recorded))
+                .with_parked_keys(a.parked);
+                (service, stats)
+            })
+            .collect())
+    }
+}
+
 /// Runs a `SELECT seq …` and returns the sequence numbers as bindable values.
 async fn query_seqs<C: ConnectionTrait>(conn: &C, sql: Sql) -> StoreResult<Vec<Value>> {
     conn.query_all_raw(sql.build())
@@ -579,6 +770,22 @@ fn head_of_key(t: &str) -> String {
          AND NOT EXISTS (SELECT 1 FROM {t} f WHERE f.service = m.service \
          AND f.partition_key = m.partition_key AND f.status = 'in_flight')"
     )
+}
+
+/// Over candidate `m`: no earlier unfinished message of its (service, key), so `m` is
+/// the first unfinished message of its key. One probe per status, so that each is an
+/// index range bounded by `m.seq` on `_key_unfinished` (on MySQL an equality on its
+/// `status` column).
+fn earlier_unfinished_absent(t: &str) -> String {
+    ["pending", "in_flight"]
+        .map(|status| {
+            format!(
+                "NOT EXISTS (SELECT 1 FROM {t} e WHERE e.service = m.service \
+                 AND e.partition_key = m.partition_key AND e.status = '{status}' \
+                 AND e.seq < m.seq)"
+            )
+        })
+        .join(" AND ")
 }
 
 /// `a, b` → `t.a, t.b`.
@@ -781,8 +988,9 @@ impl MessageStore for SeaOrmStore {
         if filter.limit == 0 {
             return Ok(Vec::new());
         }
+        let dl = self.dialect;
         let mut sql = Sql::new(
-            self.dialect,
+            dl,
             format!("SELECT {ALL_COLUMNS} FROM {} WHERE seq > ", self.table()),
         );
         let after = filter
@@ -793,6 +1001,22 @@ impl MessageStore for SeaOrmStore {
             sql.push(" AND status = ")
                 .bind(Value::String(Some(status.as_str().to_owned())));
         }
+        for (column, value) in [
+            ("service", &filter.service),
+            ("event_type", &filter.event_type),
+            ("partition_key", &filter.partition_key),
+        ] {
+            if let Some(value) = value {
+                sql.push(&format!(" AND {column} = "))
+                    .bind(Value::String(Some(value.clone())));
+            }
+        }
+        if let Some(from) = filter.created_from {
+            sql.push(" AND created_at >= ").bind(dl.time(Some(from)));
+        }
+        if let Some(before) = filter.created_before {
+            sql.push(" AND created_at < ").bind(dl.time(Some(before)));
+        }
         sql.push(" ORDER BY seq LIMIT ")
             .bind(limit_value(filter.limit));
         self.db
@@ -800,67 +1024,46 @@ impl MessageStore for SeaOrmStore {
             .await
             .map_err(db_error)?
             .iter()
-            .map(|r| row::stored(self.dialect, r))
+            .map(|r| row::stored(dl, r))
             .collect()
     }
 
     async fn stats(&self) -> StoreResult<OutboxStats> {
-        let t = self.table();
-        let counts = Sql::new(
-            self.dialect,
-            format!(
-                "SELECT status, CASE WHEN attempts > 0 THEN 1 ELSE 0 END AS retried, \
-                 COUNT(*) AS n FROM {t} GROUP BY status, CASE WHEN attempts > 0 THEN 1 ELSE 0 END"
-            ),
-        );
-        let mut by_status: HashMap<MessageStatus, u64> = HashMap::new();
-        let mut retrying = 0;
-        for r in self
-            .db
-            .query_all_raw(counts.build())
-            .await
-            .map_err(db_error)?
-        {
-            let status: String = req(get(&r, "status"), "status")?;
-            let status: MessageStatus = status
-                .parse()
-                .map_err(|e| crate::error::decode_error("status", e))?;
-            let retried = req(get::<i32>(&r, "retried"), "retried")? == 1;
-            let n = u64::try_from(req(get::<i64>(&r, "n"), "n")?).unwrap_or(0);
-            *by_status.entry(status).or_default() += n;
-            if status == MessageStatus::Pending && retried {
-                retrying += n;
-            }
+        Ok(self
+            .collect_stats(false)
+            .await?
+            .into_values()
+            .next()
+            .unwrap_or_default())
+    }
+
+    async fn stats_by_service(&self) -> StoreResult<BTreeMap<String, OutboxStats>> {
+        self.collect_stats(true).await
+    }
+
+    async fn delete_dead(&self, ids: &[MessageId]) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
         }
-        // The oldest unfinished message: the first of each unfinished status by write
-        // order, each an index lookup on (status, seq).
-        let mut oldest: Option<(i64, DateTime<Utc>)> = None;
-        for status in [MessageStatus::Pending, MessageStatus::InFlight] {
+        let txn = self.begin().await?;
+        let mut deleted = 0;
+        for chunk in ids.chunks(INSERT_CHUNK) {
             let mut sql = Sql::new(
                 self.dialect,
-                format!("SELECT seq, created_at FROM {t} WHERE status = "),
+                format!(
+                    "DELETE FROM {} WHERE status = 'dead' AND id IN ",
+                    self.table()
+                ),
             );
-            sql.bind(Value::String(Some(status.as_str().to_owned())))
-                .push(" ORDER BY seq LIMIT 1");
-            if let Some(r) = self.db.query_one_raw(sql.build()).await.map_err(db_error)? {
-                let seq = req(get::<i64>(&r, "seq"), "seq")?;
-                let at = req(self.dialect.get_time(&r, "created_at"), "created_at")?;
-                if oldest.is_none_or(|(s, _)| seq < s) {
-                    oldest = Some((seq, at));
-                }
-            }
+            sql.bind_list(chunk.iter().map(|id| self.dialect.uuid(Some(id.as_uuid()))));
+            deleted += txn
+                .execute_raw(sql.build())
+                .await
+                .map_err(db_error)?
+                .rows_affected();
         }
-        let count = |s| by_status.get(&s).copied().unwrap_or(0);
-        Ok(OutboxStats::new(
-            count(MessageStatus::Pending) - retrying,
-            retrying,
-            count(MessageStatus::InFlight),
-            count(MessageStatus::Published),
-            count(MessageStatus::Consumed),
-            count(MessageStatus::Dead),
-            oldest.map(|(_, at)| at),
-        )
-        .with_recorded(count(MessageStatus::Recorded)))
+        txn.commit().await.map_err(db_error)?;
+        Ok(deleted)
     }
 
     async fn purge_finished(

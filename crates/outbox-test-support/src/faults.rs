@@ -6,7 +6,7 @@ use outbox_ports::{
     PublishErrorKind, PublishOutcome, Publisher, SettleReport, Settlement, StoreError, StoreResult,
     StoredMessage,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -305,6 +305,14 @@ impl<S: MessageStore> MessageStore for FaultyStore<S> {
 
     async fn stats(&self) -> StoreResult<OutboxStats> {
         self.inner.stats().await
+    }
+
+    async fn stats_by_service(&self) -> StoreResult<BTreeMap<String, OutboxStats>> {
+        self.inner.stats_by_service().await
+    }
+
+    async fn delete_dead(&self, ids: &[MessageId]) -> StoreResult<u64> {
+        self.inner.delete_dead(ids).await
     }
 
     async fn purge_finished(

@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_domain::{
     BackoffPolicy, Delivery, DeliveryEvent, ErrorText, Lease, LeaseToken, MessageId, MessageLimits,
-    MessageStatus, OutboxMessage, select_heads,
+    MessageStatus, OrderingKey, OutboxMessage, select_heads,
 };
 use outbox_ports::{
     ClaimRequest, ClaimedMessage, ListFilter, MessageStore, OutboxStats, SettleReport, Settlement,
@@ -127,6 +127,47 @@ impl State {
             self.unfinished.remove(&idx);
         }
         Ok(())
+    }
+
+    /// The counters over the messages `wanted` accepts.
+    fn stats(&self, wanted: impl Fn(&OutboxMessage) -> bool) -> OutboxStats {
+        let mut counts: HashMap<MessageStatus, u64> = HashMap::new();
+        let mut retrying = 0;
+        for (_, d) in self.log.values().filter(|(m, _)| wanted(m)) {
+            *counts.entry(d.status).or_default() += 1;
+            if d.status == MessageStatus::Pending && d.attempts > 0 {
+                retrying += 1;
+            }
+        }
+        let count = |s| counts.get(&s).copied().unwrap_or(0);
+        let unfinished = self
+            .unfinished
+            .iter()
+            .map(|i| &self.log[i])
+            .filter(|(m, _)| wanted(m));
+        let mut oldest = None;
+        // The first unfinished message of each key, in write order: a key is parked
+        // when that head is pending after a failed attempt.
+        let mut heads: HashMap<OrderingKey, &Delivery> = HashMap::new();
+        for (m, d) in unfinished {
+            oldest = oldest.or(Some(m.created_at));
+            heads.entry(m.ordering_key()).or_insert(d);
+        }
+        let parked = heads
+            .values()
+            .filter(|d| d.status == MessageStatus::Pending && d.attempts > 0)
+            .count() as u64;
+        OutboxStats::new(
+            count(MessageStatus::Pending) - retrying,
+            retrying,
+            count(MessageStatus::InFlight),
+            count(MessageStatus::Published),
+            count(MessageStatus::Consumed),
+            count(MessageStatus::Dead),
+            oldest,
+        )
+        .with_recorded(count(MessageStatus::Recorded))
+        .with_parked_keys(parked)
     }
 
     fn index(&self, id: MessageId) -> StoreResult<usize> {
@@ -287,7 +328,7 @@ impl MessageStore for InMemoryStore {
         Ok(state
             .log
             .range(start..)
-            .filter(|(_, (_, d))| filter.status.is_none_or(|s| d.status == s))
+            .filter(|&(&i, (m, d))| filter.matches(i as u64 + 1, m, d.status))
             .take(filter.limit)
             .map(|(&i, _)| state.stored(i))
             .collect())
@@ -295,29 +336,36 @@ impl MessageStore for InMemoryStore {
 
     async fn stats(&self) -> StoreResult<OutboxStats> {
         let state = self.lock();
-        let mut counts: HashMap<MessageStatus, u64> = HashMap::new();
-        let mut retrying = 0;
-        for (_, d) in state.log.values() {
-            *counts.entry(d.status).or_default() += 1;
-            if d.status == MessageStatus::Pending && d.attempts > 0 {
-                retrying += 1;
+        Ok(state.stats(|_| true))
+    }
+
+    async fn stats_by_service(&self) -> StoreResult<BTreeMap<String, OutboxStats>> {
+        let state = self.lock();
+        let services: BTreeSet<&str> = state
+            .log
+            .values()
+            .map(|(m, _)| m.service.as_str())
+            .collect();
+        Ok(services
+            .into_iter()
+            .map(|service| (service.to_owned(), state.stats(|m| m.service == service)))
+            .collect())
+    }
+
+    async fn delete_dead(&self, ids: &[MessageId]) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let mut deleted = 0;
+        for id in ids {
+            let Some(&idx) = state.by_id.get(id) else {
+                continue;
+            };
+            if state.log[&idx].1.status == MessageStatus::Dead {
+                state.log.remove(&idx);
+                state.by_id.remove(id);
+                deleted += 1;
             }
         }
-        let count = |s| counts.get(&s).copied().unwrap_or(0);
-        let oldest = state
-            .unfinished
-            .first()
-            .map(|&i| state.log[&i].0.created_at);
-        Ok(OutboxStats::new(
-            count(MessageStatus::Pending) - retrying,
-            retrying,
-            count(MessageStatus::InFlight),
-            count(MessageStatus::Published),
-            count(MessageStatus::Consumed),
-            count(MessageStatus::Dead),
-            oldest,
-        )
-        .with_recorded(count(MessageStatus::Recorded)))
+        Ok(deleted)
     }
 
     async fn purge_finished(

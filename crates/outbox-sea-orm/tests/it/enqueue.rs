@@ -53,15 +53,7 @@ async fn orders(store: &SeaOrmStore) -> i64 {
 }
 
 async fn outbox_len(store: &SeaOrmStore) -> usize {
-    store
-        .list(&ListFilter {
-            status: None,
-            after_seq: None,
-            limit: 10_000,
-        })
-        .await
-        .unwrap()
-        .len()
+    store.list(&ListFilter::all(10_000)).await.unwrap().len()
 }
 
 async fn commits_and_rolls_back_with_the_business_rows(backend: Backend) {
@@ -134,14 +126,7 @@ async fn bulk_enqueue_is_atomic_and_ordered(backend: Backend) {
     let batch: Vec<_> = (0..1_200).map(|i| message(&format!("k{i}"))).collect();
     let ids = store.enqueue(batch.clone()).await.unwrap();
     assert_eq!(ids, batch.iter().map(|m| m.id).collect::<Vec<_>>());
-    let listed = store
-        .list(&ListFilter {
-            status: None,
-            after_seq: None,
-            limit: 5_000,
-        })
-        .await
-        .unwrap();
+    let listed = store.list(&ListFilter::all(5_000)).await.unwrap();
     assert_eq!(listed.iter().map(|s| s.message.id).collect::<Vec<_>>(), ids);
     assert_eq!(
         listed[7].message, batch[7],

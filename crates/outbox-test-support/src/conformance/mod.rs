@@ -118,6 +118,9 @@ macro_rules! store_conformance_tests {
             enqueue_rejects_invalid_messages,
             purge_finished_keeps_dead_and_unfinished,
             recorded_messages_are_never_claimed,
+            list_filters_by_envelope,
+            delete_dead_deletes_only_dead,
+            parked_keys_and_stats_by_service,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

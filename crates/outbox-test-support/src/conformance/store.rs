@@ -471,12 +471,18 @@ pub async fn kill_unparks_a_key<S: MessageStore + ?Sized>(store: &S) {
         .await
         .expect("settle");
     assert!(claim(store, 10, at(2)).await.is_empty());
+    assert_eq!(
+        store.stats().await.expect("stats").parked_keys,
+        1,
+        "the failed head parks its key"
+    );
 
     store
         .kill(head.id, ErrorText::new("skipped by operator"), at(3))
         .await
         .expect("kill");
     assert_eq!(status(store, head.id).await, MessageStatus::Dead);
+    assert_eq!(store.stats().await.expect("stats").parked_keys, 0);
     let c = claim(store, 10, at(3)).await;
     assert_eq!(
         c.iter().map(|c| c.message.id).collect::<Vec<_>>(),
@@ -612,22 +618,11 @@ pub async fn list_filters_and_pages<S: MessageStore + ?Sized>(store: &S) {
         vec![msgs[0].id, msgs[1].id]
     );
 
-    let page1 = store
-        .list(&ListFilter {
-            status: None,
-            after_seq: None,
-            limit: 4,
-        })
-        .await
-        .expect("list");
+    let page1 = store.list(&ListFilter::all(4)).await.expect("list");
     assert_eq!(page1.len(), 4);
     let last = page1.last().map(|m| m.seq);
     let page2 = store
-        .list(&ListFilter {
-            status: None,
-            after_seq: last,
-            limit: 4,
-        })
+        .list(&ListFilter::all(4).with_after_seq(last.expect("a first page")))
         .await
         .expect("list");
     let all: Vec<_> = page1.iter().chain(&page2).map(|m| m.message.id).collect();
@@ -716,14 +711,7 @@ pub async fn enqueue_rejects_invalid_messages<S: MessageStore + ?Sized>(store: &
         OutboxStats::default(),
         "rejected batches wrote nothing"
     );
-    let all = store
-        .list(&ListFilter {
-            status: None,
-            after_seq: None,
-            limit: 100,
-        })
-        .await
-        .expect("list");
+    let all = store.list(&ListFilter::all(100)).await.expect("list");
     assert!(all.is_empty(), "rejected batches wrote nothing: {all:?}");
 
     let valid = message("good", 0);
@@ -816,14 +804,7 @@ pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(
     }
     let s = store.stats().await.expect("stats");
     assert_eq!(counts(&s), (2, 1, 1, 0, 0, 1));
-    let left = store
-        .list(&ListFilter {
-            status: None,
-            after_seq: None,
-            limit: 100,
-        })
-        .await
-        .expect("list");
+    let left = store.list(&ListFilter::all(100)).await.expect("list");
     assert_eq!(
         left.iter().map(|s| s.message.id).collect::<Vec<_>>(),
         vec![m[1].id, m[4].id, m[6].id, p[0].id, p[1].id],
@@ -910,4 +891,286 @@ pub async fn recorded_messages_are_never_claimed<S: MessageStore + ?Sized>(store
         store.get(again.id).await.expect("get").is_none(),
         "nothing written"
     );
+}
+
+/// `message(key, n)` of another service and event type, created `secs` after [`t0`].
+fn message_of(service: &str, event_type: &str, key: &str, n: usize, secs: i64) -> OutboxMessage {
+    let mut m = message(key, n);
+    m.service = service.to_owned();
+    m.event_type = event_type.to_owned();
+    m.created_at = at(secs);
+    m.occurred_at = at(secs);
+    m
+}
+
+async fn ids_of<S: MessageStore + ?Sized>(store: &S, filter: ListFilter) -> Vec<MessageId> {
+    store
+        .list(&filter)
+        .await
+        .expect("list")
+        .iter()
+        .map(|m| m.message.id)
+        .collect()
+}
+
+/// Listing filters by service, event type, partition key and creation time (from
+/// inclusive, before exclusive), each combined with the others, the status and paging;
+/// values are bound, never spliced.
+pub async fn list_filters_by_envelope<S: MessageStore + ?Sized>(store: &S) {
+    let a = message_of("orders", "order.created", "k1", 0, 0);
+    let b = message_of("orders", "order.paid", "k1", 1, 10);
+    let c = message_of("billing", "order.created", "k1", 2, 20);
+    let d = message_of("billing", "invoice.sent", "k2", 3, 30);
+    store
+        .enqueue(vec![a.clone(), b.clone(), c.clone(), d.clone()])
+        .await
+        .expect("enqueue");
+    let all = || ListFilter::all(100);
+
+    assert_eq!(
+        ids_of(store, all().with_service("orders")).await,
+        [a.id, b.id]
+    );
+    assert_eq!(
+        ids_of(store, all().with_event_type("order.created")).await,
+        [a.id, c.id]
+    );
+    assert_eq!(
+        ids_of(store, all().with_partition_key("k1")).await,
+        [a.id, b.id, c.id]
+    );
+    assert_eq!(
+        ids_of(store, all().with_created_from(at(10))).await,
+        [b.id, c.id, d.id],
+        "from is inclusive"
+    );
+    assert_eq!(
+        ids_of(store, all().with_created_before(at(30))).await,
+        [a.id, b.id, c.id],
+        "before is exclusive"
+    );
+    assert_eq!(
+        ids_of(
+            store,
+            all().with_created_from(at(10)).with_created_before(at(30))
+        )
+        .await,
+        [b.id, c.id]
+    );
+    assert!(
+        ids_of(
+            store,
+            all().with_created_from(at(10)).with_created_before(at(10))
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        ids_of(
+            store,
+            all().with_service("billing").with_partition_key("k1")
+        )
+        .await,
+        [c.id]
+    );
+    assert_eq!(
+        ids_of(store, ListFilter::all(1).with_event_type("order.created")).await,
+        [a.id],
+        "the limit applies after the filters"
+    );
+    let c_seq = store.get(c.id).await.expect("get").expect("exists").seq;
+    assert_eq!(
+        ids_of(store, all().with_service("billing").with_after_seq(c_seq)).await,
+        [d.id],
+        "pages within a filter"
+    );
+    assert!(
+        ids_of(store, all().with_service("orders' OR '1' = '1"))
+            .await
+            .is_empty(),
+        "a value is compared, never spliced"
+    );
+
+    // With the status: make c dead.
+    let claimed = claim(store, 10, at(100)).await;
+    let dead = Disposition::Dead {
+        error: ErrorText::new("rejected"),
+    };
+    let cc = claimed
+        .iter()
+        .find(|m| m.message.id == c.id)
+        .expect("c is the head of billing/k1");
+    store
+        .settle(vec![settle(cc, dead)], at(101))
+        .await
+        .expect("settle");
+    let dead_of = |service: &str| ListFilter::status(MessageStatus::Dead, 10).with_service(service);
+    assert_eq!(ids_of(store, dead_of("billing")).await, [c.id]);
+    assert!(ids_of(store, dead_of("orders")).await.is_empty());
+    assert!(
+        ids_of(
+            store,
+            ListFilter::status(MessageStatus::Dead, 10).with_created_before(at(20))
+        )
+        .await
+        .is_empty()
+    );
+}
+
+/// `delete_dead` deletes exactly the dead messages among the ids and reports how many;
+/// every other message and unknown ids are left alone.
+pub async fn delete_dead_deletes_only_dead<S: MessageStore + ?Sized>(store: &S) {
+    let m: Vec<_> = (0..4).map(|n| message(&format!("k{n}"), n)).collect();
+    store.enqueue(m.clone()).await.expect("enqueue");
+    let claimed = claim(store, 10, at(0)).await;
+    let by_id: HashMap<MessageId, &ClaimedMessage> =
+        claimed.iter().map(|c| (c.message.id, c)).collect();
+    let dead = || Disposition::Dead {
+        error: ErrorText::new("rejected"),
+    };
+    store
+        .settle(
+            vec![
+                settle(by_id[&m[0].id], dead()),
+                settle(by_id[&m[1].id], retry_at(100)),
+                settle(by_id[&m[2].id], Disposition::Published),
+                settle(by_id[&m[3].id], dead()),
+            ],
+            at(1),
+        )
+        .await
+        .expect("settle");
+    let unknown = message("unknown", 9).id;
+    let all: Vec<MessageId> = m.iter().map(|m| m.id).chain([unknown]).collect();
+    assert_eq!(store.delete_dead(&all).await.expect("delete"), 2);
+    for gone in [0, 3] {
+        assert!(
+            store.get(m[gone].id).await.expect("get").is_none(),
+            "m{gone}"
+        );
+    }
+    assert_eq!(status(store, m[1].id).await, MessageStatus::Pending);
+    assert_eq!(status(store, m[2].id).await, MessageStatus::Published);
+    assert_eq!(store.delete_dead(&all).await.expect("delete"), 0);
+    assert_eq!(store.delete_dead(&[]).await.expect("delete"), 0);
+    let s = store.stats().await.expect("stats");
+    assert_eq!(counts(&s), (0, 1, 0, 1, 0, 0));
+}
+
+/// Parked keys count each (service, key) whose first unfinished message is pending
+/// after a failed attempt, once, however many messages wait behind it; the per-service
+/// stats split every counter by service and add up to the whole.
+pub async fn parked_keys_and_stats_by_service<S: MessageStore + ?Sized>(store: &S) {
+    assert!(
+        store.stats_by_service().await.expect("stats").is_empty(),
+        "an empty store has no services"
+    );
+    let h1 = message_of("orders", "e", "k1", 0, 0);
+    let n1 = message_of("orders", "e", "k1", 1, 0);
+    let h2 = message_of("orders", "e", "k2", 2, 0);
+    let x3 = message_of("orders", "e", "k3", 3, 0);
+    let e1 = message_of("orders", "e", "k5", 4, 0);
+    let e2 = message_of("orders", "e", "k5", 5, 0);
+    // The same key name in another service is another key.
+    let b1 = message_of("billing", "e", "k1", 6, 5);
+    let b9 = message_of("billing", "e", "k9", 7, 5);
+    let audit = message_of("audit", "e", "k1", 8, 7);
+    store
+        .enqueue(vec![
+            h1.clone(),
+            n1.clone(),
+            h2.clone(),
+            x3.clone(),
+            e1.clone(),
+            e2.clone(),
+            b1.clone(),
+            b9.clone(),
+        ])
+        .await
+        .expect("enqueue");
+    store.record(vec![audit.clone()]).await.expect("record");
+
+    let claimed = claim(store, 20, at(10)).await;
+    let by_id: HashMap<MessageId, &ClaimedMessage> =
+        claimed.iter().map(|c| (c.message.id, c)).collect();
+    assert_eq!(claimed.len(), 6, "one head per key");
+    store
+        .settle(
+            vec![
+                settle(by_id[&h1.id], retry_at(100)),
+                settle(by_id[&h2.id], retry_at(100)),
+                settle(by_id[&x3.id], Disposition::Published),
+                settle(
+                    by_id[&e1.id],
+                    Disposition::Dead {
+                        error: ErrorText::new("rejected"),
+                    },
+                ),
+                settle(by_id[&b1.id], retry_at(100)),
+                // b9 stays in flight.
+            ],
+            at(11),
+        )
+        .await
+        .expect("settle");
+    // orders/k1 (with n1 waiting behind), orders/k2, billing/k1.
+    assert_eq!(store.stats().await.expect("stats").parked_keys, 3);
+
+    // e2 becomes the head of orders/k5 and fails: a fourth parked key.
+    let c = claim(store, 20, at(12)).await;
+    assert_eq!(
+        c.iter().map(|c| c.message.id).collect::<Vec<_>>(),
+        vec![e2.id]
+    );
+    store
+        .settle(vec![settle(&c[0], retry_at(100))], at(13))
+        .await
+        .expect("settle");
+    assert_eq!(store.stats().await.expect("stats").parked_keys, 4);
+    // Replaying the dead e1 puts a fresh head before it: the key is not parked (its
+    // head has not failed yet), although e2 is still a failed message.
+    assert_eq!(
+        store.replay_dead(&[e1.id], at(14)).await.expect("replay"),
+        1
+    );
+    let whole = store.stats().await.expect("stats");
+    assert_eq!(whole.parked_keys, 3);
+
+    let by_service = store.stats_by_service().await.expect("stats");
+    assert_eq!(
+        by_service.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["audit", "billing", "orders"]
+    );
+    let orders = &by_service["orders"];
+    // pending: n1, e1; retrying: h1, h2, e2; published: x3.
+    assert_eq!(counts(orders), (2, 3, 0, 1, 0, 0));
+    assert_eq!((orders.parked_keys, orders.recorded), (2, 0));
+    assert_eq!(orders.oldest_unsent_at, Some(t0()));
+    let billing = &by_service["billing"];
+    assert_eq!(counts(billing), (0, 1, 1, 0, 0, 0));
+    assert_eq!(billing.parked_keys, 1);
+    assert_eq!(billing.oldest_unsent_at, Some(at(5)));
+    let audit = &by_service["audit"];
+    assert_eq!(
+        (audit.recorded, audit.unfinished(), audit.parked_keys),
+        (1, 0, 0)
+    );
+    assert_eq!(audit.oldest_unsent_at, None);
+
+    let mut sum = OutboxStats::default();
+    for s in by_service.values() {
+        sum.pending += s.pending;
+        sum.retrying += s.retrying;
+        sum.in_flight += s.in_flight;
+        sum.published += s.published;
+        sum.consumed += s.consumed;
+        sum.dead += s.dead;
+        sum.recorded += s.recorded;
+        sum.parked_keys += s.parked_keys;
+        sum.oldest_unsent_at = match (sum.oldest_unsent_at, s.oldest_unsent_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    assert_eq!(sum, whole, "the services add up to the whole");
 }

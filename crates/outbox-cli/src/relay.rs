@@ -1,0 +1,335 @@
+//! `outbox relay`: the relay daemon. One relay per outbox table the routes name,
+//! publishing to the configured broker, with backlog gauges, a Prometheus endpoint and
+//! graceful shutdown on SIGTERM / SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use outbox_domain::RouteRegistry;
+use outbox_ports::{MessageStore, Publisher};
+use outbox_runtime::Relay;
+use outbox_sea_orm::{RoutedOutbox, StoreConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{self, BrokerSection, Checked};
+use crate::http;
+
+/// Options of `outbox relay`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RelayArgs {
+    /// The daemon's TOML configuration (database, broker, relay settings, routes; see
+    /// docs/operations.md). Environment variables `OUTBOX__SECTION__KEY` override its
+    /// keys, `OUTBOX_DATABASE_URL` its database.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Serve /metrics, /healthz and /readyz here (overrides `metrics_addr`); port 0
+    /// picks a free one, printed at start-up.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Gauge names the daemon sets from the database every `stats_interval_ms`, labelled
+/// `service` and `topic`.
+pub(crate) mod gauges {
+    /// Pending messages never tried (the backlog).
+    pub(crate) const BACKLOG: &str = "outbox_backlog";
+    /// Seconds since the oldest unsent message was written.
+    pub(crate) const OLDEST_UNSENT_AGE: &str = "outbox_oldest_unsent_age_seconds";
+    /// Pending messages waiting for a retry.
+    pub(crate) const RETRY_QUEUE: &str = "outbox_retry_queue";
+    /// Messages claimed and not yet settled.
+    pub(crate) const IN_FLIGHT: &str = "outbox_in_flight";
+    /// Dead letters.
+    pub(crate) const DEAD_LETTERS: &str = "outbox_dead_letters";
+    /// Keys held back by a failed head waiting for its retry.
+    pub(crate) const PARKED_KEYS: &str = "outbox_parked_keys";
+}
+
+/// Exit code of a configuration that cannot work (like clap's usage errors).
+const EXIT_CONFIG: u8 = 2;
+
+pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    // Everything that can be checked without a database or a broker, first.
+    let checked = match config::load(&args.config, std::env::vars()) {
+        Ok(checked) => checked,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let Checked {
+        file,
+        registry,
+        relay,
+    } = checked;
+    let metrics_addr = args.metrics_addr.or(file.metrics_addr);
+    let metrics = recorder()?;
+
+    let db = crate::database::connect(&file.database_url).await?;
+    let outbox = RoutedOutbox::new(
+        db,
+        registry.clone(),
+        StoreConfig::default().with_max_attempts(relay.backoff.max_attempts()),
+    )?;
+    let publisher = publisher(&file.broker, &registry).await?;
+
+    let shutdown = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = metrics_addr {
+        let bound = http::serve(
+            addr,
+            http::Endpoints {
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        println!("metrics listening on {bound}");
+    }
+    let stats = tokio::spawn(poll_stats(
+        outbox.clone(),
+        Duration::from_millis(file.stats_interval_ms),
+        metrics.clone(),
+        ready,
+        shutdown.clone(),
+    ));
+
+    let mut relays = Vec::new();
+    for (table, store) in outbox.stores() {
+        let mut config = relay.clone();
+        config.relay_id = format!("{}/{table}", relay.relay_id);
+        let store: Arc<dyn MessageStore> = Arc::new(store.clone());
+        relays.push(Relay::new(store, publisher.clone(), config)?.spawn(shutdown.child_token()));
+        info!(%table, "relay started");
+    }
+    println!(
+        "relaying {} table(s) as {}; stop with SIGTERM or Ctrl-C",
+        relays.len(),
+        relay.relay_id
+    );
+
+    wait_for_signal().await?;
+    println!("stopping: finishing the batches in flight");
+    let mut drained = true;
+    for handle in relays {
+        drained &= handle.shutdown().await;
+    }
+    shutdown.cancel();
+    let _ = stats.await;
+    if drained {
+        println!("stopped: every batch in flight was settled");
+    } else {
+        warn!("some batches did not drain in time; their leases expire and they are redelivered");
+        println!("stopped: some batches were cut off and will be redelivered");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Prometheus recorder: latencies and batch sizes as histograms with buckets (so
+/// dashboards can aggregate quantiles across daemons), counters and gauges as they are.
+fn recorder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::Matcher;
+    const SECONDS: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0, 900.0, 3600.0,
+    ];
+    const SIZES: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(outbox_runtime::relay_metrics::CLAIM_BATCH_SIZE.into()),
+                SIZES,
+            )
+        })
+        .context("configure the metric buckets")?
+        .install_recorder()
+        .context("install the metrics recorder")
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            result = tokio::signal::ctrl_c() => result.context("listen for SIGINT")?,
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("listen for Ctrl-C")?;
+    Ok(())
+}
+
+/// Refreshes the backlog gauges of every table until `shutdown`; `ready` says whether
+/// the last poll reached the database.
+async fn poll_stats(
+    outbox: RoutedOutbox,
+    every: Duration,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let topics: std::collections::BTreeMap<String, String> = outbox
+        .registry()
+        .services()
+        .map(|s| (s.name.to_string(), s.topic.to_string()))
+        .collect();
+    loop {
+        let mut ok = true;
+        for (_, store) in outbox.stores() {
+            match store.stats_by_service().await {
+                Ok(by_service) => {
+                    for (service, stats) in by_service {
+                        let labels = [
+                            ("service", service.clone()),
+                            ("topic", topics.get(&service).cloned().unwrap_or_default()),
+                        ];
+                        let age = stats.oldest_unsent_at.map_or(0.0, |at| {
+                            (chrono::Utc::now() - at)
+                                .to_std()
+                                .unwrap_or_default()
+                                .as_secs_f64()
+                        });
+                        metrics::gauge!(gauges::BACKLOG, &labels).set(stats.pending as f64);
+                        metrics::gauge!(gauges::OLDEST_UNSENT_AGE, &labels).set(age);
+                        metrics::gauge!(gauges::RETRY_QUEUE, &labels).set(stats.retrying as f64);
+                        metrics::gauge!(gauges::IN_FLIGHT, &labels).set(stats.in_flight as f64);
+                        metrics::gauge!(gauges::DEAD_LETTERS, &labels).set(stats.dead as f64);
+                        metrics::gauge!(gauges::PARKED_KEYS, &labels).set(stats.parked_keys as f64);
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    warn!(error = %e, "could not read the outbox statistics");
+                }
+            }
+        }
+        ready.store(ok, Ordering::Release);
+        metrics.run_upkeep();
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The publisher the configuration names; creates or checks Kafka topics first.
+#[cfg_attr(not(feature = "kafka"), allow(unused_variables))] // `registry`: Kafka topics
+async fn publisher(
+    broker: &BrokerSection,
+    registry: &RouteRegistry,
+) -> anyhow::Result<Arc<dyn Publisher>> {
+    match broker {
+        #[cfg(feature = "kafka")]
+        BrokerSection::Kafka {
+            bootstrap_servers,
+            create_topics,
+            properties,
+        } => {
+            use outbox_kafka::{KafkaConfig, KafkaPublisher, Provisioning, TopicSpec};
+            let mut config = KafkaConfig::new(bootstrap_servers.clone());
+            for (key, value) in properties {
+                config = config.with_property(key.clone(), value.clone());
+            }
+            let mode = if *create_topics {
+                Provisioning::CreateMissing
+            } else {
+                Provisioning::VerifyOnly
+            };
+            let specs = TopicSpec::from_routes(registry).context("the routes' topics")?;
+            outbox_kafka::ensure_topics(&config, &specs, mode)
+                .await
+                .context("provision the Kafka topics")?;
+            Ok(Arc::new(
+                KafkaPublisher::new(config).context("configuration section `broker`")?,
+            ))
+        }
+        #[cfg(feature = "pulsar")]
+        BrokerSection::Pulsar {
+            service_url,
+            token,
+            tls_ca_file,
+            namespace,
+            deduplication_prefix,
+        } => {
+            use outbox_pulsar::{Deduplication, PulsarConfig, PulsarPublisher};
+            let mut config =
+                PulsarConfig::new(service_url).context("configuration key `broker.service_url`")?;
+            config.token = token.clone();
+            config.tls_ca_file = tls_ca_file.clone();
+            if let Some(namespace) = namespace {
+                config.namespace = namespace.clone();
+            }
+            if let Some(prefix) = deduplication_prefix {
+                config.deduplication = Deduplication::PerKey {
+                    prefix: prefix.clone(),
+                };
+            }
+            Ok(Arc::new(
+                PulsarPublisher::new(config).context("configuration section `broker`")?,
+            ))
+        }
+        #[allow(unreachable_patterns)] // when both features are on
+        other => anyhow::bail!(
+            "broker {other:?} is not built into this `outbox` (config::load refuses it)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gauges;
+    use outbox_runtime::{compensation_metrics, relay_metrics};
+
+    /// Every metric the Grafana dashboard (docs/grafana) queries is one the code emits
+    /// (a histogram's `_bucket` series counts as its histogram).
+    #[test]
+    fn the_dashboard_queries_only_emitted_metrics() {
+        let emitted = [
+            gauges::BACKLOG,
+            gauges::OLDEST_UNSENT_AGE,
+            gauges::RETRY_QUEUE,
+            gauges::IN_FLIGHT,
+            gauges::DEAD_LETTERS,
+            gauges::PARKED_KEYS,
+            relay_metrics::PUBLISHED,
+            relay_metrics::RETRIED,
+            relay_metrics::DEAD,
+            relay_metrics::PUBLISH_LATENCY,
+            relay_metrics::COMMIT_TO_ACK,
+            relay_metrics::CLAIM_BATCH_SIZE,
+            compensation_metrics::RETRIED,
+            compensation_metrics::RESOLVED,
+            compensation_metrics::MANUAL_REQUIRED,
+            compensation_metrics::ABANDONED,
+            compensation_metrics::CONFLICTS,
+        ];
+        let dashboard = include_str!("../../../docs/grafana/outbox-relay.json");
+        let json: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        let mut queried = 0;
+        for panel in json["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if let Some(name) = word.strip_prefix("outbox_") {
+                        let name = format!("outbox_{name}");
+                        let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                        assert!(emitted.contains(&base), "{base} in {expr:?} is not emitted");
+                        queried += 1;
+                    }
+                }
+            }
+        }
+        assert!(queried > 10);
+    }
+}
