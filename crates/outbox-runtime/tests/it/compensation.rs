@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::{DebugValue, Snapshotter};
 use outbox_domain::{CompensationStatus, ErrorText, NewCompensationItem};
 use outbox_ports::{
     Clock, CompensationFilter, CompensationStore, ExecuteError, OperationExecutor, StoreError,
@@ -270,98 +270,90 @@ fn metered_item(id: u64, operation: &str, payload: serde_json::Value) -> NewComp
 /// conflicts per operation type, on a recorder local to this test's thread.
 #[test]
 fn the_worker_and_operators_count_on_the_metrics_facade() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let clock = ManualClock::fixed();
-            let store = InMemoryCompensationStore::new();
-            let executor = Arc::new(MeteredExecutor {
-                calls: Mutex::default(),
-                racing_operator: Mutex::default(),
-            });
-            let w = CompensationWorker::new(
-                Arc::new(store.clone()),
-                executor.clone(),
-                CompensationConfig::default(),
-            )
-            .with_clock(Arc::new(clock.clone()));
-            let ids = store
-                .record(
-                    vec![
-                        metered_item(1, "refund", serde_json::json!({})),
-                        metered_item(2, "refund", serde_json::json!({ "fail": 1 })),
-                        metered_item(3, "refund", serde_json::json!({ "fail": 99 })),
-                        metered_item(4, "reship", serde_json::json!({ "fatal": true })),
-                        metered_item(5, "reship", serde_json::json!({ "race": true })),
-                    ],
-                    2,
-                    clock.now(),
-                )
-                .await
-                .unwrap();
-            *executor.racing_operator.lock().unwrap() = Some((w.operator(), ids[4]));
-
-            let r = w.run_once().await.unwrap();
-            assert_eq!(
-                (
-                    r.tried,
-                    r.resolved,
-                    r.retrying,
-                    r.manual_required,
-                    r.conflicts
-                ),
-                (5, 1, 2, 1, 1)
-            );
-            clock.advance(Duration::from_secs(3600));
-            let r = w.run_once().await.unwrap();
-            assert_eq!((r.tried, r.resolved, r.manual_required), (2, 1, 1));
-            assert_eq!(
-                counters(&snapshotter),
-                expect(&[
-                    ("retried", "refund", 5),
-                    ("retried", "reship", 2),
-                    ("resolved", "refund", 2),
-                    // item 5, by the racing operator; the worker's own write conflicted
-                    ("resolved", "reship", 1),
-                    ("conflicts", "reship", 1),
-                    ("manual_required", "refund", 1),
-                    ("manual_required", "reship", 1),
-                ])
-            );
-
-            // Operators, through the worker's API.
-            let stale = store.get(ids[2]).await.unwrap().unwrap().version - 1;
-            let refused = w
-                .operator()
-                .act(ids[2], OperatorAction::Abandon, "alice", "n", Some(stale))
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(refused, StoreError::Conflict { .. }),
-                "{refused:?}"
-            );
-            w.resolve(ids[2], "alice", "refunded by hand")
-                .await
-                .unwrap();
-            w.abandon(ids[3], "bob", "customer left").await.unwrap();
-            let refused = w.abandon(ids[3], "bob", "again").await.unwrap_err();
-            assert!(
-                matches!(refused, StoreError::InvalidInput(_)),
-                "{refused:?}"
-            );
-            assert_eq!(
-                counters(&snapshotter),
-                expect(&[
-                    ("conflicts", "refund", 1),
-                    ("resolved", "refund", 1),
-                    ("abandoned", "reship", 1),
-                ])
-            );
+    super::with_debug_recorder(|snapshotter| async move {
+        let clock = ManualClock::fixed();
+        let store = InMemoryCompensationStore::new();
+        let executor = Arc::new(MeteredExecutor {
+            calls: Mutex::default(),
+            racing_operator: Mutex::default(),
         });
+        let w = CompensationWorker::new(
+            Arc::new(store.clone()),
+            executor.clone(),
+            CompensationConfig::default(),
+        )
+        .with_clock(Arc::new(clock.clone()));
+        let ids = store
+            .record(
+                vec![
+                    metered_item(1, "refund", serde_json::json!({})),
+                    metered_item(2, "refund", serde_json::json!({ "fail": 1 })),
+                    metered_item(3, "refund", serde_json::json!({ "fail": 99 })),
+                    metered_item(4, "reship", serde_json::json!({ "fatal": true })),
+                    metered_item(5, "reship", serde_json::json!({ "race": true })),
+                ],
+                2,
+                clock.now(),
+            )
+            .await
+            .unwrap();
+        *executor.racing_operator.lock().unwrap() = Some((w.operator(), ids[4]));
+
+        let r = w.run_once().await.unwrap();
+        assert_eq!(
+            (
+                r.tried,
+                r.resolved,
+                r.retrying,
+                r.manual_required,
+                r.conflicts
+            ),
+            (5, 1, 2, 1, 1)
+        );
+        clock.advance(Duration::from_secs(3600));
+        let r = w.run_once().await.unwrap();
+        assert_eq!((r.tried, r.resolved, r.manual_required), (2, 1, 1));
+        assert_eq!(
+            counters(&snapshotter),
+            expect(&[
+                ("retried", "refund", 5),
+                ("retried", "reship", 2),
+                ("resolved", "refund", 2),
+                // item 5, by the racing operator; the worker's own write conflicted
+                ("resolved", "reship", 1),
+                ("conflicts", "reship", 1),
+                ("manual_required", "refund", 1),
+                ("manual_required", "reship", 1),
+            ])
+        );
+
+        // Operators, through the worker's API.
+        let stale = store.get(ids[2]).await.unwrap().unwrap().version - 1;
+        let refused = w
+            .operator()
+            .act(ids[2], OperatorAction::Abandon, "alice", "n", Some(stale))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, StoreError::Conflict { .. }),
+            "{refused:?}"
+        );
+        w.resolve(ids[2], "alice", "refunded by hand")
+            .await
+            .unwrap();
+        w.abandon(ids[3], "bob", "customer left").await.unwrap();
+        let refused = w.abandon(ids[3], "bob", "again").await.unwrap_err();
+        assert!(
+            matches!(refused, StoreError::InvalidInput(_)),
+            "{refused:?}"
+        );
+        assert_eq!(
+            counters(&snapshotter),
+            expect(&[
+                ("conflicts", "refund", 1),
+                ("resolved", "refund", 1),
+                ("abandoned", "reship", 1),
+            ])
+        );
     });
 }

@@ -31,3 +31,19 @@ fn order_by_key(messages: &[OutboxMessage]) -> HashMap<String, Vec<MessageId>> {
     }
     out
 }
+
+/// Runs `test` on a current-thread runtime with a metrics recorder local to this thread
+/// (so parallel tests do not see each other's metrics), handing it the recorder's
+/// snapshotter; returns the snapshotter for the final checks.
+fn with_debug_recorder<F: std::future::Future<Output = ()>>(
+    test: impl FnOnce(metrics_util::debugging::Snapshotter) -> F,
+) -> metrics_util::debugging::Snapshotter {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || runtime.block_on(test(snapshotter.clone())));
+    snapshotter
+}

@@ -451,37 +451,29 @@ async fn purge_deletes_finished_messages_after_the_retention_period() {
 /// records batch sizes and latencies, on a recorder local to this test's thread.
 #[test]
 fn the_relay_reports_on_the_metrics_facade() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::DebugValue;
     use outbox_runtime::relay_metrics;
 
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let clock = ManualClock::fixed();
-            let store = InMemoryStore::new();
-            let batch: Vec<_> = ["a", "b", "c", "d"]
-                .iter()
-                .map(|k| msg(k, 0, clock.now()))
-                .collect();
-            store.enqueue(batch).await.unwrap();
-            let publisher = FaultyPublisher::new(InMemoryPublisher::new());
-            publisher.fail_key("c", PublishErrorKind::Transient, Some(1));
-            publisher.fail_key("d", PublishErrorKind::Permanent, None);
-            let relay = Relay::new(
-                Arc::new(store.clone()),
-                Arc::new(publisher),
-                RelayConfig::default(),
-            )
-            .unwrap()
-            .with_clock(Arc::new(clock.clone()));
-            let report = relay.run_once().await.unwrap();
-            assert_eq!((report.published, report.retried, report.dead), (2, 1, 1));
-        });
+    let snapshotter = super::with_debug_recorder(|_| async {
+        let clock = ManualClock::fixed();
+        let store = InMemoryStore::new();
+        let batch: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| msg(k, 0, clock.now()))
+            .collect();
+        store.enqueue(batch).await.unwrap();
+        let publisher = FaultyPublisher::new(InMemoryPublisher::new());
+        publisher.fail_key("c", PublishErrorKind::Transient, Some(1));
+        publisher.fail_key("d", PublishErrorKind::Permanent, None);
+        let relay = Relay::new(
+            Arc::new(store.clone()),
+            Arc::new(publisher),
+            RelayConfig::default(),
+        )
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()));
+        let report = relay.run_once().await.unwrap();
+        assert_eq!((report.published, report.retried, report.dead), (2, 1, 1));
     });
     let mut counters = std::collections::HashMap::new();
     let mut histograms = std::collections::HashMap::new();
