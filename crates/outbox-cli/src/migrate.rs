@@ -2,6 +2,7 @@
 //! (`outbox-migrations`) on a database.
 
 use crate::database::{self, DATABASE_URL_ENV};
+use crate::output::print_json;
 use anyhow::Context;
 use outbox_domain::{Identifier, RouteRegistry};
 use outbox_migrations::schema::OUTBOX_TABLE;
@@ -19,6 +20,11 @@ pub(crate) struct MigrateArgs {
     /// missing). Required, here or in the environment.
     #[arg(long, env = DATABASE_URL_ENV, hide_env_values = true, global = true)]
     database_url: Option<String>,
+    /// Print one JSON document instead of text: `database`, `migrations` (name and
+    /// status), `applied`, `rolled_back`, `reapplied` and `route_tables` (table and
+    /// whether it exists).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -104,26 +110,29 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         Action::Down { .. } | Action::Fresh => Vec::new(),
     };
     let db = database::connect(&url).await?;
-    println!(
-        "database: {}",
-        database::describe(&url, db.get_database_backend())
-    );
+    let database = database::describe(&url, db.get_database_backend());
     let before = statuses(&db).await?;
-    match args.action {
-        Action::Status { .. } => {
-            print_statuses(&before);
-            print_route_tables(&db, &route_tables).await;
-            return Ok(ExitCode::SUCCESS);
+    if !matches!(args.action, Action::Status { .. }) {
+        match &args.action {
+            Action::Up { steps, .. } => Migrator::up(&db, *steps)
+                .await
+                .context("apply the migrations")?,
+            Action::Down { steps } => Migrator::down(&db, Some(*steps))
+                .await
+                .context("roll back the migrations")?,
+            Action::Fresh => Migrator::refresh(&db)
+                .await
+                .context("roll back and re-apply the migrations")?,
+            Action::Status { .. } => {}
         }
-        Action::Up { steps, .. } => Migrator::up(&db, steps)
-            .await
-            .context("apply the migrations")?,
-        Action::Down { steps } => Migrator::down(&db, Some(steps))
-            .await
-            .context("roll back the migrations")?,
-        Action::Fresh => Migrator::refresh(&db)
-            .await
-            .context("roll back and re-apply the migrations")?,
+        let backend = db.get_database_backend();
+        for table in &route_tables {
+            for statement in outbox_migrations::schema::outbox_table(backend, table.as_str()) {
+                db.execute_unprepared(&statement)
+                    .await
+                    .with_context(|| format!("create the outbox table {table}"))?;
+            }
+        }
     }
     let after = statuses(&db).await?;
     let changed = |from: MigrationStatus, to: MigrationStatus| {
@@ -131,13 +140,46 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .zip(&after)
             .filter(move |(b, a)| b.1 == from && a.1 == to)
-            .map(|(b, _)| b.0.as_str())
+            .map(|(b, _)| b.0.clone())
             .collect::<Vec<_>>()
     };
-    let applied = changed(MigrationStatus::Pending, MigrationStatus::Applied);
-    let rolled_back = changed(MigrationStatus::Applied, MigrationStatus::Pending);
-    let reapplied = changed(MigrationStatus::Applied, MigrationStatus::Applied);
+    let (applied, rolled_back, reapplied) = if matches!(args.action, Action::Status { .. }) {
+        (Vec::new(), Vec::new(), Vec::new())
+    } else {
+        (
+            changed(MigrationStatus::Pending, MigrationStatus::Applied),
+            changed(MigrationStatus::Applied, MigrationStatus::Pending),
+            changed(MigrationStatus::Applied, MigrationStatus::Applied),
+        )
+    };
+    let mut present = Vec::with_capacity(route_tables.len());
+    for table in &route_tables {
+        present.push((table.to_string(), table_exists(&db, table).await));
+    }
+
+    if args.json {
+        print_json(&serde_json::json!({
+            "database": database,
+            "migrations": after
+                .iter()
+                .map(|(name, status)| serde_json::json!({
+                    "name": name,
+                    "status": format!("{status:?}"),
+                }))
+                .collect::<Vec<_>>(),
+            "applied": applied,
+            "rolled_back": rolled_back,
+            "reapplied": reapplied,
+            "route_tables": present
+                .iter()
+                .map(|(table, exists)| serde_json::json!({ "table": table, "present": exists }))
+                .collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("database: {database}");
     match args.action {
+        Action::Status { .. } => {}
         Action::Fresh => println!(
             "rolled back and re-applied {} migration(s), applied {} pending one(s)",
             reapplied.len(),
@@ -150,40 +192,28 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             println!("nothing to roll back: no migration is applied");
         }
         _ => {
-            for name in applied {
+            for name in &applied {
                 println!("applied      {name}");
             }
-            for name in rolled_back {
+            for name in &rolled_back {
                 println!("rolled back  {name}");
             }
         }
     }
     print_statuses(&after);
-    if !route_tables.is_empty() {
-        let backend = db.get_database_backend();
-        for table in &route_tables {
-            for statement in outbox_migrations::schema::outbox_table(backend, table.as_str()) {
-                db.execute_unprepared(&statement)
-                    .await
-                    .with_context(|| format!("create the outbox table {table}"))?;
-            }
-        }
-        print_route_tables(&db, &route_tables).await;
+    for (table, exists) in &present {
+        let state = if *exists { "present" } else { "missing" };
+        println!("route table {table}  {state}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether each route table exists (a `SELECT` that fails when it does not; the names
-/// are validated identifiers).
-async fn print_route_tables(db: &DatabaseConnection, tables: &[Identifier]) {
-    for table in tables {
-        let exists = db
-            .execute_unprepared(&format!("SELECT 1 FROM {table} WHERE 1 = 0"))
-            .await
-            .is_ok();
-        let state = if exists { "present" } else { "missing" };
-        println!("route table {table}  {state}");
-    }
+/// Whether `table` exists (a `SELECT` that fails when it does not; the name is a
+/// validated identifier).
+async fn table_exists(db: &DatabaseConnection, table: &Identifier) -> bool {
+    db.execute_unprepared(&format!("SELECT 1 FROM {table} WHERE 1 = 0"))
+        .await
+        .is_ok()
 }
 
 /// Each migration's name and status, oldest first, without writing anything (not
