@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 /// How a [`ConsumerRunner`] works. Start from [`ConsumerConfig::new`] and change fields;
 /// [`ConsumerRunner::new`] validates the result.
@@ -132,6 +132,24 @@ struct Inner<I: TransactionalInbox> {
     clock: Arc<dyn Clock>,
     config: ConsumerConfig,
     counters: Arc<ConsumerCounters>,
+    span: SpanFactory,
+}
+
+/// Makes the span a delivery is handled in (see [`ConsumerRunner::with_span`]).
+pub type SpanFactory = fn(&IncomingMessage, &str) -> tracing::Span;
+
+/// The default span of a delivery: `outbox.consume`, with the message id, the group, its
+/// position, and the W3C `traceparent` it carries (if any) as a field.
+pub fn consume_span(delivery: &IncomingMessage, group: &str) -> tracing::Span {
+    tracing::info_span!(
+        "outbox.consume",
+        message_id = delivery.headers.get(outbox_ports::header::MESSAGE_ID).map(String::as_str),
+        group,
+        topic = %delivery.topic,
+        partition = delivery.partition,
+        offset = delivery.offset,
+        traceparent = delivery.headers.get(outbox_ports::header::TRACEPARENT).map(String::as_str),
+    )
 }
 
 /// How one attempt at a delivery ended, short of a handler failure.
@@ -171,8 +189,18 @@ where
                 clock: Arc::new(SystemClock),
                 config,
                 counters: Arc::default(),
+                span: consume_span,
             },
         })
+    }
+
+    /// Handles each delivery inside the span `span` makes, instead of [`consume_span`]:
+    /// for example one whose parent is the remote trace of the message's `traceparent`
+    /// (`outbox-otel`'s `consume_span` does that with OpenTelemetry), so one trace runs
+    /// from the request that wrote the message to the handler.
+    pub fn with_span(mut self, span: SpanFactory) -> Self {
+        self.inner.span = span;
+        self
     }
 
     /// Uses `clock` for inbox and dead-letter timestamps.
@@ -260,8 +288,13 @@ where
     ) {
         let mut rng = SmallRng::from_os_rng();
         while let Some(delivery) = rx.recv().await {
+            let span = (self.span)(&delivery, &self.config.consumer_group);
             if shutdown.is_cancelled()
-                || self.deliver(&delivery, &shutdown, &mut rng).await.is_err()
+                || self
+                    .deliver(&delivery, &shutdown, &mut rng)
+                    .instrument(span)
+                    .await
+                    .is_err()
             {
                 // Leave this and every later delivery of the lane unacknowledged, so
                 // each partition's committed offset stays below its first gap.

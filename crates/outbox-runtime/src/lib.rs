@@ -34,7 +34,7 @@ pub use compensation::{
     CompensationWorker, OperatorAction, compensation_metrics,
 };
 pub use config::{ConfigError, RelayConfig};
-pub use consumer::{ConsumerConfig, ConsumerCounters, ConsumerRunner};
+pub use consumer::{ConsumerConfig, ConsumerCounters, ConsumerRunner, SpanFactory, consume_span};
 pub use direct::DirectPublisher;
 pub use relay::{
     BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker, relay_metrics,

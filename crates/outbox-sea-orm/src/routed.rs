@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use outbox_domain::{
     Identifier, MessageId, OutboxMessage, Payload, PersistenceStrategy, RouteError, RouteRegistry,
+    TraceContext,
 };
 use outbox_ports::{StoreError, StoreResult};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionSession, TransactionTrait};
@@ -30,6 +31,7 @@ use crate::store::{SeaOrmStore, StoreConfig};
 pub struct RoutedOutbox {
     registry: RouteRegistry,
     stores: BTreeMap<Identifier, SeaOrmStore>,
+    trace_context: Option<fn() -> Option<TraceContext>>,
 }
 
 /// What [`RoutedOutbox::write_in`] did with each message.
@@ -93,7 +95,20 @@ impl RoutedOutbox {
                 stores.insert(service.table.clone(), SeaOrmStore::new(db.clone(), config)?);
             }
         }
-        Ok(Self { registry, stores })
+        Ok(Self {
+            registry,
+            stores,
+            trace_context: None,
+        })
+    }
+
+    /// Stamps every message [`message`](Self::message) builds with the trace context
+    /// `current` returns: the W3C context of the span current at enqueue (for
+    /// OpenTelemetry, `outbox_otel::current_trace_context`). Relays send it as the
+    /// `traceparent` / `tracestate` headers, and consumers continue the trace.
+    pub fn with_trace_context(mut self, current: fn() -> Option<TraceContext>) -> Self {
+        self.trace_context = Some(current);
+        self
     }
 
     /// The routes.
@@ -131,8 +146,13 @@ impl RoutedOutbox {
         partition_key: impl Into<String>,
         payload: Payload,
     ) -> Result<OutboxMessage, RouteError> {
-        self.registry
-            .message(event_type, partition_key, payload, chrono::Utc::now())
+        let message = self
+            .registry
+            .message(event_type, partition_key, payload, chrono::Utc::now())?;
+        Ok(match self.trace_context.and_then(|current| current()) {
+            Some(context) => message.with_trace_context(context),
+            None => message,
+        })
     }
 
     /// Writes `messages` through `conn` (your transaction, to commit them with your
