@@ -50,20 +50,26 @@ impl Tables {
         let Some(path) = &self.routes else {
             return Ok(vec![self.table.clone().unwrap_or_else(default_table)]);
         };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read the routes file {}", path.display()))?;
-        let registry = RouteRegistry::from_toml(&text).map_err(|e| {
-            anyhow!(
-                "the routes file {}: {}",
-                path.display(),
-                one_line(&e.to_string())
-            )
-        })?;
-        let mut tables: Vec<Identifier> = registry.services().map(|s| s.table.clone()).collect();
-        tables.sort();
-        tables.dedup();
-        Ok(tables)
+        route_tables(path)
     }
+}
+
+/// The distinct outbox tables a routing file names, sorted; the file is read and
+/// validated first (errors in one line, naming the file).
+pub(crate) fn route_tables(path: &std::path::Path) -> anyhow::Result<Vec<Identifier>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read the routes file {}", path.display()))?;
+    let registry = RouteRegistry::from_toml(&text).map_err(|e| {
+        anyhow!(
+            "the routes file {}: {}",
+            path.display(),
+            one_line(&e.to_string())
+        )
+    })?;
+    let mut tables: Vec<Identifier> = registry.services().map(|s| s.table.clone()).collect();
+    tables.sort();
+    tables.dedup();
+    Ok(tables)
 }
 
 /// A multi-line parser message (TOML errors quote the offending line and point at it

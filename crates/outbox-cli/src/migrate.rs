@@ -4,7 +4,7 @@
 use crate::database::{self, DATABASE_URL_ENV};
 use crate::output::print_json;
 use anyhow::Context;
-use outbox_domain::{Identifier, RouteRegistry};
+use outbox_domain::Identifier;
 use outbox_migrations::schema::OUTBOX_TABLE;
 use outbox_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
@@ -79,17 +79,8 @@ impl RoutesArg {
         let Some(path) = &self.routes else {
             return Ok(Vec::new());
         };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read the routes file {}", path.display()))?;
-        let registry = RouteRegistry::from_toml(&text)
-            .with_context(|| format!("the routes file {}", path.display()))?;
-        let mut tables: Vec<Identifier> = registry
-            .services()
-            .map(|s| s.table.clone())
-            .filter(|t| t.as_str() != OUTBOX_TABLE)
-            .collect();
-        tables.sort();
-        tables.dedup();
+        let mut tables = crate::admin::route_tables(path)?;
+        tables.retain(|t| t.as_str() != OUTBOX_TABLE);
         Ok(tables)
     }
 }

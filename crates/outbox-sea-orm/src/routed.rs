@@ -146,9 +146,9 @@ impl RoutedOutbox {
         partition_key: impl Into<String>,
         payload: Payload,
     ) -> Result<OutboxMessage, RouteError> {
-        let message = self
-            .registry
-            .message(event_type, partition_key, payload, chrono::Utc::now())?;
+        let message =
+            self.registry
+                .message(event_type, partition_key, payload, chrono::Utc::now())?;
         Ok(match self.trace_context.and_then(|current| current()) {
             Some(context) => message.with_trace_context(context),
             None => message,
