@@ -103,6 +103,26 @@ fn yes() -> bool {
     true
 }
 
+#[cfg(feature = "kafka")]
+impl BrokerSection {
+    /// The Kafka client settings, for a `kind = "kafka"` broker.
+    pub(crate) fn kafka_config(&self) -> Option<outbox_kafka::KafkaConfig> {
+        let Self::Kafka {
+            bootstrap_servers,
+            properties,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut config = outbox_kafka::KafkaConfig::new(bootstrap_servers.clone());
+        for (key, value) in properties {
+            config = config.with_property(key.clone(), value.clone());
+        }
+        Some(config)
+    }
+}
+
 /// A configuration checked through: every part the daemon needs, built.
 pub(crate) struct Checked {
     pub(crate) file: DaemonConfig,

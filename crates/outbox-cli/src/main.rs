@@ -18,6 +18,7 @@ mod migrate;
 mod output;
 mod relay;
 mod status;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Run the relay daemon: publish every routed outbox table to the broker, with
     /// metrics and health endpoints, until SIGTERM or Ctrl-C.
     Relay(relay::RelayArgs),
+    /// Check that the messages the outbox marked published are on the broker, each
+    /// key in order (Kafka); exits 1 when some are missing or out of order.
+    Verify(verify::VerifyArgs),
 }
 
 /// Exit code of a database URL this build cannot use (a usage error, like clap's).
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             Command::Dead(args) => dead::run(args).await,
             Command::Cursor(args) => cursor::run(args).await,
             Command::Relay(args) => relay::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
         }
     });
     match result {

@@ -231,16 +231,9 @@ async fn publisher(
 ) -> anyhow::Result<Arc<dyn Publisher>> {
     match broker {
         #[cfg(feature = "kafka")]
-        BrokerSection::Kafka {
-            bootstrap_servers,
-            create_topics,
-            properties,
-        } => {
-            use outbox_kafka::{KafkaConfig, KafkaPublisher, Provisioning, TopicSpec};
-            let mut config = KafkaConfig::new(bootstrap_servers.clone());
-            for (key, value) in properties {
-                config = config.with_property(key.clone(), value.clone());
-            }
+        BrokerSection::Kafka { create_topics, .. } => {
+            use outbox_kafka::{KafkaPublisher, Provisioning, TopicSpec};
+            let config = broker.kafka_config().expect("a Kafka section");
             let mode = if *create_topics {
                 Provisioning::CreateMissing
             } else {

@@ -35,10 +35,12 @@ mod dead_letter;
 mod outcome;
 mod provision;
 mod publisher;
+mod reader;
 mod source;
 
 pub use config::{KafkaConfig, KafkaConfigError};
 pub use dead_letter::KafkaDeadLetterTopic;
 pub use provision::{ProvisionError, Provisioning, TopicSpec, TopicState, ensure_topics};
 pub use publisher::KafkaPublisher;
+pub use reader::read_topic;
 pub use source::KafkaSource;

@@ -75,6 +75,25 @@ impl KafkaSource {
     }
 }
 
+/// A received record as the consumer side's message type.
+pub(crate) fn incoming(m: &impl Message) -> IncomingMessage {
+    let mut incoming = IncomingMessage::new(
+        m.topic(),
+        m.partition(),
+        m.offset(),
+        m.payload().unwrap_or_default().to_vec(),
+    );
+    incoming.key = text(m.key());
+    if let Some(headers) = m.headers() {
+        for h in headers.iter() {
+            incoming
+                .headers
+                .insert(h.key.to_owned(), text(h.value).unwrap_or_default());
+        }
+    }
+    incoming
+}
+
 fn text(bytes: Option<&[u8]>) -> Option<String> {
     bytes.map(|b| String::from_utf8_lossy(b).into_owned())
 }
@@ -87,21 +106,7 @@ impl MessageSource for KafkaSource {
             .recv()
             .await
             .map_err(|e| ConsumeError::new("receive", e.to_string()))?;
-        let mut incoming = IncomingMessage::new(
-            m.topic(),
-            m.partition(),
-            m.offset(),
-            m.payload().unwrap_or_default().to_vec(),
-        );
-        incoming.key = text(m.key());
-        if let Some(headers) = m.headers() {
-            for h in headers.iter() {
-                incoming
-                    .headers
-                    .insert(h.key.to_owned(), text(h.value).unwrap_or_default());
-            }
-        }
-        Ok(incoming)
+        Ok(incoming(&m))
     }
 
     async fn ack(&self, message: &IncomingMessage) -> Result<(), ConsumeError> {
