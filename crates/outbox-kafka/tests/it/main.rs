@@ -13,9 +13,6 @@ use async_trait::async_trait;
 use outbox_kafka::{KafkaConfig, Provisioning, TopicSpec, ensure_topics};
 use outbox_ports::IncomingMessage;
 use outbox_test_support::conformance::{PublishedReader, ReceivedMessage};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::time::Duration;
 
 /// The test broker's configuration.
@@ -43,51 +40,17 @@ pub async fn create_topic(config: &KafkaConfig, topic: &str, partitions: u32) {
         .unwrap();
 }
 
-/// Every message on `topic` from the beginning of each of its partitions, waiting up
-/// to `timeout` until at least `count` arrived (fewer if they did not). Reads without a
-/// consumer group, so it never disturbs one.
+/// Every message on `topic` from the beginning of each of its partitions, read with
+/// the library's [`outbox_kafka::read_topic`] (no consumer group, so none is
+/// disturbed). The callers read only what the broker already acknowledged.
 pub async fn read_topic(
     config: &KafkaConfig,
     topic: &str,
-    count: usize,
     timeout: Duration,
 ) -> Vec<IncomingMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", "outbox-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < count {
-        let Ok(received) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
-            break;
-        };
-        let m = received.unwrap();
-        let mut incoming = IncomingMessage::new(
-            m.topic(),
-            m.partition(),
-            m.offset(),
-            m.payload().unwrap_or_default().to_vec(),
-        );
-        incoming.key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-        for h in m.headers().iter().flat_map(|h| h.iter()) {
-            let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-            incoming.headers.insert(h.key.to_owned(), value);
-        }
-        out.push(incoming);
-    }
-    out
+    outbox_kafka::read_topic(config, topic, timeout)
+        .await
+        .unwrap()
 }
 
 /// [`PublishedReader`] over [`read_topic`].
@@ -95,8 +58,8 @@ pub struct KafkaReader(pub KafkaConfig);
 
 #[async_trait]
 impl PublishedReader for KafkaReader {
-    async fn read(&self, topic: &str, count: usize, timeout: Duration) -> Vec<ReceivedMessage> {
-        read_topic(&self.0, topic, count, timeout)
+    async fn read(&self, topic: &str, _count: usize, timeout: Duration) -> Vec<ReceivedMessage> {
+        read_topic(&self.0, topic, timeout)
             .await
             .into_iter()
             .map(|m| ReceivedMessage {

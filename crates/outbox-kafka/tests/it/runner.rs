@@ -73,7 +73,7 @@ async fn offsets_follow_the_inbox_and_rejected_messages_are_parked_on_a_topic() 
         .await;
     assert_eq!(first.processed.load(Ordering::Relaxed), 30);
 
-    let parked = read_topic(&config, &group.dead_topic, 1, Duration::from_secs(20)).await;
+    let parked = read_topic(&config, &group.dead_topic, Duration::from_secs(20)).await;
     assert_eq!(parked.len(), 1);
     let p = &parked[0];
     assert_eq!(p.key.as_deref(), Some("k1"));
