@@ -40,6 +40,9 @@ pub const INBOX_TABLE: &str = "outbox_inbox";
 pub const CURSOR_TABLE: &str = "outbox_cursors";
 /// Name of the compensation table.
 pub const COMPENSATION_TABLE: &str = "outbox_compensations";
+/// Name of the MySQL log sequencer's table: per outbox table, the last log sequence
+/// number stamped. Its row lock serialises the stamping (see `outbox-sea-orm`'s log).
+pub const LOG_SEQUENCE_TABLE: &str = "outbox_log_sequence";
 /// Name of the table where consumer groups park the messages they gave up on.
 pub const DEAD_LETTER_TABLE: &str = "outbox_consumer_dead_letters";
 
@@ -121,7 +124,9 @@ fn with_indexes(
     out
 }
 
-/// Statements that create an outbox table called `table`. `table` must be a validated
+/// Statements that create an outbox table called `table`, without its log position
+/// (which [`add_log_position`](crate::add_log_position) adds; run both through
+/// [`prepare_outbox_table`](crate::prepare_outbox_table)). `table` must be a validated
 /// identifier (`outbox_domain::Identifier`); it is spliced into SQL as is.
 pub fn outbox_table(backend: DbBackend, table: &str) -> Vec<String> {
     let t = types(backend);
@@ -227,6 +232,15 @@ pub fn cursor_table(backend: DbBackend) -> Vec<String> {
         time = t.time,
     );
     with_indexes(backend, CURSOR_TABLE, &columns, t.table_options, &[])
+}
+
+/// Statements that create the MySQL log sequencer's table ([`LOG_SEQUENCE_TABLE`]).
+pub fn log_sequence_table(backend: DbBackend) -> Vec<String> {
+    let t = types(backend);
+    let columns = "
+    table_name VARCHAR(64) NOT NULL PRIMARY KEY,
+    last_log_seq BIGINT NOT NULL";
+    with_indexes(backend, LOG_SEQUENCE_TABLE, columns, t.table_options, &[])
 }
 
 /// Statements that create the compensation table.

@@ -116,13 +116,10 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
                 .context("roll back and re-apply the migrations")?,
             Action::Status { .. } => {}
         }
-        let backend = db.get_database_backend();
         for table in &route_tables {
-            for statement in outbox_migrations::schema::outbox_table(backend, table.as_str()) {
-                db.execute_unprepared(&statement)
-                    .await
-                    .with_context(|| format!("create the outbox table {table}"))?;
-            }
+            outbox_migrations::prepare_outbox_table(&db, table.as_str())
+                .await
+                .with_context(|| format!("create the outbox table {table}"))?;
         }
     }
     let after = statuses(&db).await?;

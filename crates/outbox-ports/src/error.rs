@@ -55,6 +55,12 @@ pub enum StoreError {
     /// Bad input, such as a zero batch size. Caller bug.
     #[error("invalid request: {0}")]
     InvalidInput(String),
+    /// A cursor position this log cannot continue from: text that is not one of its
+    /// positions, or a position ahead of the log itself (on PostgreSQL, a database
+    /// restored from a dump, whose transaction ids start lower again). Nothing was read;
+    /// move the cursor (`outbox cursor reset`).
+    #[error("invalid cursor position: {0}")]
+    InvalidPosition(String),
     /// The database could not be reached or timed out. Retry with backoff.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

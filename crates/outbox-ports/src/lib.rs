@@ -16,6 +16,7 @@
 //! | [`CompensationStore`] | in-memory (test-support), sea-orm |
 //! | [`OperationExecutor`] | the user's service |
 //! | [`CursorStore`] | in-memory (test-support), sea-orm |
+//! | [`OutboxLog`] | in-memory (test-support), sea-orm |
 //! | [`Clock`] | [`SystemClock`], `ManualClock` (test-support) |
 //!
 //! Every adapter proves its implementation with the conformance suites in
@@ -40,7 +41,7 @@ pub use consumer::{
     ConsumeError, DeadLetter, DeadLetterSink, HandlerError, IncomingMessage, MessageHandler,
     MessageSource, TransactionalInbox,
 };
-pub use cursor::{Cursor, CursorPosition, CursorStore};
+pub use cursor::{Cursor, CursorPosition, CursorStore, LogBatch, LogEntry, LogLag, OutboxLog};
 pub use error::{StoreError, StoreResult};
 pub use inbox::{Inbox, InboxOutcome};
 pub use publisher::{
@@ -56,7 +57,7 @@ pub use clock::MockClock;
 #[cfg(feature = "mock")]
 pub use compensation::{MockCompensationStore, MockOperationExecutor};
 #[cfg(feature = "mock")]
-pub use cursor::MockCursorStore;
+pub use cursor::{MockCursorStore, MockOutboxLog};
 #[cfg(feature = "mock")]
 pub use inbox::MockInbox;
 #[cfg(feature = "mock")]

@@ -50,6 +50,7 @@ mod dead_letter;
 mod dialect;
 mod error;
 mod inbox;
+mod log;
 mod routed;
 mod row;
 mod store;

@@ -104,8 +104,8 @@ impl StoreConfig {
 /// Cloning is cheap (the connection is a pool handle).
 #[derive(Debug, Clone)]
 pub struct SeaOrmStore {
-    db: DatabaseConnection,
-    dialect: Dialect,
+    pub(crate) db: DatabaseConnection,
+    pub(crate) dialect: Dialect,
     config: StoreConfig,
 }
 
@@ -142,20 +142,14 @@ impl SeaOrmStore {
             .await
             .map_err(db_error)?;
         if self.config.table.as_str() != outbox_migrations::schema::OUTBOX_TABLE {
-            for statement in outbox_migrations::schema::outbox_table(
-                self.db.get_database_backend(),
-                self.table(),
-            ) {
-                self.db
-                    .execute_unprepared(&statement)
-                    .await
-                    .map_err(db_error)?;
-            }
+            outbox_migrations::prepare_outbox_table(&self.db, self.table())
+                .await
+                .map_err(db_error)?;
         }
         Ok(())
     }
 
-    fn table(&self) -> &str {
+    pub(crate) fn table(&self) -> &str {
         self.config.table.as_str()
     }
 
@@ -801,7 +795,7 @@ fn count(n: u32) -> Value {
     Value::Int(Some(i32::try_from(n).unwrap_or(i32::MAX)))
 }
 
-fn limit_value(limit: usize) -> Value {
+pub(crate) fn limit_value(limit: usize) -> Value {
     Value::BigInt(Some(i64::try_from(limit).unwrap_or(i64::MAX)))
 }
 

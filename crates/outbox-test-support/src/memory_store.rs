@@ -5,14 +5,16 @@ use outbox_domain::{
     MessageStatus, OrderingKey, OutboxMessage, select_heads,
 };
 use outbox_ports::{
-    ClaimRequest, ClaimedMessage, ListFilter, MessageStore, OutboxStats, SettleReport, Settlement,
-    StoreError, StoreResult, StoredMessage,
+    ClaimRequest, ClaimedMessage, CursorPosition, ListFilter, LogBatch, LogEntry, LogLag,
+    MessageStore, OutboxLog, OutboxStats, SettleReport, Settlement, StoreError, StoreResult,
+    StoredMessage,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use uuid::Uuid;
 
-/// A thread-safe, in-memory [`MessageStore`]. Clones share the same messages.
+/// A thread-safe, in-memory [`MessageStore`] and [`OutboxLog`]. Clones share the same
+/// messages.
 ///
 /// It applies the domain's state machine and ordering rule directly, so it is the
 /// reference the SQL adapters are compared with. Claims scan only unfinished messages,
@@ -391,4 +393,67 @@ impl MessageStore for InMemoryStore {
         }
         Ok(doomed.len() as u64)
     }
+}
+
+/// The log is the messages in write order; positions are their `seq`. Writes are
+/// atomic under one lock, so write order is commit order and the log is gap-safe.
+#[async_trait]
+impl OutboxLog for InMemoryStore {
+    async fn read(&self, after: Option<CursorPosition>, limit: usize) -> StoreResult<LogBatch> {
+        let after = after.map_or(Ok(0), |p| seq_of(&p.0))?;
+        let state = self.lock();
+        let entries = state
+            .log
+            .range(usize::try_from(after).unwrap_or(usize::MAX)..)
+            .take(limit)
+            .map(|(idx, _)| {
+                let stored = state.stored(*idx);
+                LogEntry::new(CursorPosition(stored.seq.to_string()), stored)
+            })
+            .collect();
+        Ok(LogBatch::new(entries, false))
+    }
+
+    async fn unfinished_start(&self) -> StoreResult<Option<CursorPosition>> {
+        let first = self.lock().unfinished.first().copied();
+        match first {
+            // The position before the message at `idx` is its seq minus one: `idx`.
+            Some(idx) => Ok(Some(CursorPosition(idx.to_string()))),
+            None => self.end().await,
+        }
+    }
+
+    async fn end(&self) -> StoreResult<Option<CursorPosition>> {
+        let state = self.lock();
+        Ok(state
+            .log
+            .last_key_value()
+            .map(|(idx, _)| CursorPosition((idx + 1).to_string())))
+    }
+
+    async fn lag(&self, after: Option<CursorPosition>) -> StoreResult<LogLag> {
+        let after = after.map_or(Ok(0), |p| seq_of(&p.0))?;
+        let state = self.lock();
+        let mut unread = state
+            .log
+            .range(usize::try_from(after).unwrap_or(usize::MAX)..);
+        let oldest_at = unread.clone().next().map(|(_, (m, _))| m.created_at);
+        let entries = unread
+            .by_ref()
+            .take(usize::try_from(LogLag::COUNT_CAP).unwrap_or(usize::MAX))
+            .count();
+        Ok(LogLag::new(entries as u64, oldest_at))
+    }
+
+    fn parse_position(&self, text: &str) -> StoreResult<CursorPosition> {
+        seq_of(text).map(|s| CursorPosition(s.to_string()))
+    }
+}
+
+fn seq_of(text: &str) -> StoreResult<u64> {
+    text.parse().map_err(|_| {
+        StoreError::InvalidPosition(format!(
+            "`{text}` is not a position (expected a whole number)"
+        ))
+    })
 }

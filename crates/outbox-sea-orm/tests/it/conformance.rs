@@ -21,6 +21,18 @@ macro_rules! suites_on {
                 });
             }
 
+            mod log {
+                use super::*;
+                outbox_test_support::log_conformance_tests!(|case: &'static str| async move {
+                    fresh_store(
+                        $backend,
+                        case,
+                        StoreConfig::default().with_max_attempts(MAX_ATTEMPTS),
+                    )
+                    .await
+                });
+            }
+
             mod inbox {
                 use super::*;
                 outbox_test_support::inbox_conformance_tests!(|case: &'static str| async move {

@@ -14,6 +14,7 @@ mod consumer;
 mod enqueue;
 mod errors;
 mod inbox;
+mod log;
 mod migrate;
 mod routing;
 

@@ -7,6 +7,7 @@
 //! | [`Publisher`](outbox_ports::Publisher) | [`publisher`] | [`publisher_conformance_tests!`](crate::publisher_conformance_tests) |
 //! | [`Inbox`](outbox_ports::Inbox) | [`inbox`] | [`inbox_conformance_tests!`](crate::inbox_conformance_tests) |
 //! | [`CursorStore`](outbox_ports::CursorStore) | [`cursor`] | [`cursor_conformance_tests!`](crate::cursor_conformance_tests) |
+//! | [`OutboxLog`](outbox_ports::OutboxLog) | [`log`] | [`log_conformance_tests!`](crate::log_conformance_tests) |
 //! | [`CompensationStore`](outbox_ports::CompensationStore) | [`compensation`] | [`compensation_conformance_tests!`](crate::compensation_conformance_tests) |
 //!
 //! An adapter crate runs a suite by invoking its macro inside a test module, with an
@@ -49,6 +50,7 @@
 pub mod compensation;
 pub mod cursor;
 pub mod inbox;
+pub mod log;
 pub mod publisher;
 pub mod store;
 
@@ -207,6 +209,35 @@ macro_rules! cursor_conformance_tests {
             async fn $case() {
                 let store = ($factory)(stringify!($case)).await;
                 $crate::conformance::cursor::$case(&store).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per outbox log conformance case.
+///
+/// `$factory` is a closure `|case: &'static str| async { store }` returning a fresh,
+/// empty store that implements both [`MessageStore`](outbox_ports::MessageStore) and
+/// [`OutboxLog`](outbox_ports::OutboxLog).
+#[macro_export]
+macro_rules! log_conformance_tests {
+    ($factory:expr) => {
+        $crate::log_conformance_tests!(@cases $factory;
+            empty_log,
+            reads_in_write_order_in_pages,
+            holds_every_status,
+            end_reads_only_what_comes_next,
+            unfinished_start_is_before_the_earliest_unfinished,
+            lag_counts_unread_entries,
+            positions_parse_and_garbage_is_refused,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store = ($factory)(stringify!($case)).await;
+                $crate::conformance::log::$case(&store).await;
             }
         )*
     };

@@ -67,7 +67,7 @@ fn request(owner: &str, limit: usize, now: DateTime<Utc>) -> ClaimRequest {
     }
 }
 
-async fn claim<S: MessageStore + ?Sized>(
+pub(crate) async fn claim<S: MessageStore + ?Sized>(
     store: &S,
     limit: usize,
     now: DateTime<Utc>,
@@ -78,7 +78,7 @@ async fn claim<S: MessageStore + ?Sized>(
         .expect("claim")
 }
 
-fn settle(c: &ClaimedMessage, disposition: Disposition) -> Settlement {
+pub(crate) fn settle(c: &ClaimedMessage, disposition: Disposition) -> Settlement {
     Settlement {
         id: c.message.id,
         token: c.lease.token,

@@ -30,6 +30,13 @@ mod conformance {
         });
     }
 
+    mod log {
+        use super::*;
+        outbox_test_support::log_conformance_tests!(|_case: &'static str| async {
+            InMemoryStore::with_max_attempts(outbox_test_support::conformance::store::MAX_ATTEMPTS)
+        });
+    }
+
     mod cursor {
         use super::*;
         outbox_test_support::cursor_conformance_tests!(|_case: &'static str| async {
