@@ -137,23 +137,25 @@ impl LogLag {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait OutboxLog: Send + Sync {
-    /// Up to `limit` entries after `after` (`None`: from the start of the log), in log
-    /// order. Fails with [`StoreError::InvalidPosition`](crate::StoreError::InvalidPosition)
-    /// for a position this log cannot continue from.
-    async fn read(&self, after: Option<CursorPosition>, limit: usize) -> StoreResult<LogBatch>;
+    /// The position before the first entry: a cursor there reads the whole log.
+    fn start(&self) -> CursorPosition;
+
+    /// Up to `limit` entries after `after`, in log order. Fails with
+    /// [`StoreError::InvalidPosition`](crate::StoreError::InvalidPosition) for a position
+    /// this log cannot continue from.
+    async fn read(&self, after: &CursorPosition, limit: usize) -> StoreResult<LogBatch>;
 
     /// The position just before the earliest unfinished (pending or in-flight) message,
     /// so that a cursor starting there reads everything the relay has not finished;
-    /// the end of the log when nothing is unfinished, and `None` (the start) when the
-    /// log is empty.
-    async fn unfinished_start(&self) -> StoreResult<Option<CursorPosition>>;
+    /// the [`end`](Self::end) when nothing is unfinished.
+    async fn unfinished_start(&self) -> StoreResult<CursorPosition>;
 
-    /// The position of the last entry readable now (`None`: the log is empty): a
-    /// cursor starting there reads only what comes next.
-    async fn end(&self) -> StoreResult<Option<CursorPosition>>;
+    /// The position of the last entry readable now ([`start`](Self::start) when the log
+    /// is empty): a cursor there reads only what comes next.
+    async fn end(&self) -> StoreResult<CursorPosition>;
 
     /// How far `after` is behind the end of the log.
-    async fn lag(&self, after: Option<CursorPosition>) -> StoreResult<LogLag>;
+    async fn lag(&self, after: &CursorPosition) -> StoreResult<LogLag>;
 
     /// Checks an operator's position text, returning it as a position of this log.
     fn parse_position(&self, text: &str) -> StoreResult<CursorPosition>;

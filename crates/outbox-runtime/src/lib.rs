@@ -19,6 +19,11 @@
 //!   what they do on the [`metrics`](https://docs.rs/metrics) facade
 //!   ([`compensation_metrics`]).
 //!
+//! - [`LogSubscriber`]: a named cursor over the outbox log
+//!   ([`OutboxLog`](outbox_ports::OutboxLog), gap-safe), handing entries in order to the
+//!   user's [`LogHandler`] and checkpointing after each batch; it warns when a long
+//!   transaction holds it back ([`cursor_metrics`]).
+//!
 //! Shutdown is graceful: cancelling stops new claims, the batch in flight is published
 //! and settled (bounded by the drain timeout), then the publisher is flushed. Anything
 //! cut off by the timeout is not lost: its lease expires and another relay delivers it.
@@ -28,6 +33,7 @@ mod config;
 mod consumer;
 mod direct;
 mod relay;
+mod subscriber;
 
 pub use compensation::{
     CompensationConfig, CompensationHandle, CompensationOperator, CompensationReport,
@@ -38,5 +44,9 @@ pub use consumer::{ConsumerConfig, ConsumerCounters, ConsumerRunner, SpanFactory
 pub use direct::DirectPublisher;
 pub use relay::{
     BatchReport, Relay, RelayCounters, RelayError, RelayHandle, RelayWaker, relay_metrics,
+};
+pub use subscriber::{
+    LogHandler, LogStart, LogSubscriber, SubscriberConfig, SubscriberError, SubscriberHandle,
+    SubscriberRound, cursor_metrics,
 };
 pub use tokio_util::sync::CancellationToken;

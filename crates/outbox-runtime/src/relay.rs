@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 /// Why one relay step failed. The relay loop logs it and tries again after a pause.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +215,9 @@ impl Relay {
                     ))
                 });
                 let disposition = self.disposition(c, outcome, now);
+                message_span(c, &disposition).in_scope(|| {
+                    debug!("message settled");
+                });
                 relay_metrics::record(c, &disposition, started.elapsed(), now);
                 match disposition {
                     Disposition::Published => report.published += 1,
@@ -441,6 +444,25 @@ impl Relay {
             }
         }
     }
+}
+
+/// The span of one message of a batch (a child of `relay.batch`), at debug level: its
+/// envelope fields and the outcome of its publish.
+fn message_span(c: &ClaimedMessage, disposition: &Disposition) -> tracing::Span {
+    let outcome = match disposition {
+        Disposition::Published => "published",
+        Disposition::Retry { .. } => "retry",
+        Disposition::Dead { .. } => "dead",
+    };
+    debug_span!(
+        "relay.message",
+        id = %c.message.id,
+        service = %c.message.service,
+        topic = %c.message.topic,
+        key = %c.message.partition_key,
+        attempt = c.attempts,
+        outcome,
+    )
 }
 
 /// A running relay. Drop it and the workers keep running until the token passed to

@@ -307,11 +307,12 @@ impl SeaOrmStore {
 
 #[async_trait]
 impl OutboxLog for SeaOrmStore {
-    async fn read(&self, after: Option<CursorPosition>, limit: usize) -> StoreResult<LogBatch> {
-        let after = match after {
-            Some(p) => self.parse(&p.0)?,
-            None => self.origin(),
-        };
+    fn start(&self) -> CursorPosition {
+        self.origin().text()
+    }
+
+    async fn read(&self, after: &CursorPosition, limit: usize) -> StoreResult<LogBatch> {
+        let after = self.parse(&after.0)?;
         if limit == 0 {
             return Ok(LogBatch::default());
         }
@@ -358,26 +359,23 @@ impl OutboxLog for SeaOrmStore {
         Ok(LogBatch::new(entries, held_back))
     }
 
-    async fn unfinished_start(&self) -> StoreResult<Option<CursorPosition>> {
+    async fn unfinished_start(&self) -> StoreResult<CursorPosition> {
         self.stamp(STAMP_BATCH).await?;
         let first = self.edge(&format!(" AND {UNFINISHED}"), false).await?;
         Ok(match first {
-            Some(Pos::Xid(xid, seq)) => Some(Pos::Xid(xid, seq - 1).text()),
-            Some(Pos::Seq(seq)) => Some(Pos::Seq(seq - 1).text()),
+            Some(Pos::Xid(xid, seq)) => Pos::Xid(xid, seq - 1).text(),
+            Some(Pos::Seq(seq)) => Pos::Seq(seq - 1).text(),
             None => self.end().await?,
         })
     }
 
-    async fn end(&self) -> StoreResult<Option<CursorPosition>> {
+    async fn end(&self) -> StoreResult<CursorPosition> {
         self.stamp(STAMP_BATCH).await?;
-        Ok(self.edge("", true).await?.map(Pos::text))
+        Ok(self.edge("", true).await?.unwrap_or(self.origin()).text())
     }
 
-    async fn lag(&self, after: Option<CursorPosition>) -> StoreResult<LogLag> {
-        let after = match after {
-            Some(p) => self.parse(&p.0)?,
-            None => self.origin(),
-        };
+    async fn lag(&self, after: &CursorPosition) -> StoreResult<LogLag> {
+        let after = self.parse(&after.0)?;
         let t = self.table();
         let cap = Value::BigInt(Some(i64::try_from(LogLag::COUNT_CAP).unwrap_or(i64::MAX)));
         let (_, order) = self.position_columns();

@@ -399,8 +399,12 @@ impl MessageStore for InMemoryStore {
 /// atomic under one lock, so write order is commit order and the log is gap-safe.
 #[async_trait]
 impl OutboxLog for InMemoryStore {
-    async fn read(&self, after: Option<CursorPosition>, limit: usize) -> StoreResult<LogBatch> {
-        let after = after.map_or(Ok(0), |p| seq_of(&p.0))?;
+    fn start(&self) -> CursorPosition {
+        CursorPosition("0".to_owned())
+    }
+
+    async fn read(&self, after: &CursorPosition, limit: usize) -> StoreResult<LogBatch> {
+        let after = seq_of(&after.0)?;
         let state = self.lock();
         let entries = state
             .log
@@ -414,25 +418,26 @@ impl OutboxLog for InMemoryStore {
         Ok(LogBatch::new(entries, false))
     }
 
-    async fn unfinished_start(&self) -> StoreResult<Option<CursorPosition>> {
+    async fn unfinished_start(&self) -> StoreResult<CursorPosition> {
         let first = self.lock().unfinished.first().copied();
         match first {
             // The position before the message at `idx` is its seq minus one: `idx`.
-            Some(idx) => Ok(Some(CursorPosition(idx.to_string()))),
+            Some(idx) => Ok(CursorPosition(idx.to_string())),
             None => self.end().await,
         }
     }
 
-    async fn end(&self) -> StoreResult<Option<CursorPosition>> {
-        let state = self.lock();
-        Ok(state
+    async fn end(&self) -> StoreResult<CursorPosition> {
+        let last = self
+            .lock()
             .log
             .last_key_value()
-            .map(|(idx, _)| CursorPosition((idx + 1).to_string())))
+            .map_or(0, |(idx, _)| idx + 1);
+        Ok(CursorPosition(last.to_string()))
     }
 
-    async fn lag(&self, after: Option<CursorPosition>) -> StoreResult<LogLag> {
-        let after = after.map_or(Ok(0), |p| seq_of(&p.0))?;
+    async fn lag(&self, after: &CursorPosition) -> StoreResult<LogLag> {
+        let after = seq_of(&after.0)?;
         let state = self.lock();
         let mut unread = state
             .log

@@ -6,6 +6,7 @@ mod compensation;
 mod consumer;
 mod mocks;
 mod relay;
+mod subscriber;
 
 use chrono::{DateTime, Utc};
 use outbox_domain::{MessageId, OutboxMessage, Payload};

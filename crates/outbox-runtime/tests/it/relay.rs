@@ -525,3 +525,89 @@ fn the_relay_reports_on_the_metrics_facade() {
         "one per published message"
     );
 }
+
+/// Records every span as "parent > name field=value …", for checking the spans a
+/// relay opens.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S> tracing_subscriber::Layer<S> for SpanLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut fields = Fields(String::new());
+        attrs.record(&mut fields);
+        let parent = ctx
+            .span(id)
+            .and_then(|s| s.parent())
+            .map_or_else(String::new, |p| format!("{} > ", p.name()));
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{parent}{}{}", attrs.metadata().name(), fields.0));
+    }
+}
+
+#[test]
+fn each_batch_and_each_message_gets_a_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let log = SpanLog::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(log.clone())
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+    tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let h = harness(10, 5);
+            let ok = msg("a", 0, h.clock.now());
+            let failing = msg("b", 0, h.clock.now());
+            h.store
+                .enqueue(vec![ok.clone(), failing.clone()])
+                .await
+                .unwrap();
+            h.publisher.fail_key("b", PublishErrorKind::Transient, None);
+            h.relay.run_once().await.unwrap();
+        });
+    });
+    let spans = log.0.lock().unwrap().clone();
+    let batches: Vec<_> = spans
+        .iter()
+        .filter(|s| s.starts_with("relay.batch relay="))
+        .collect();
+    assert_eq!(batches.len(), 1, "{spans:#?}");
+    assert!(batches[0].contains("claimed=2"), "{spans:#?}");
+    let messages: Vec<_> = spans
+        .iter()
+        .filter(|s| s.starts_with("relay.batch > relay.message"))
+        .collect();
+    assert_eq!(
+        messages.len(),
+        2,
+        "one per message, inside the batch: {spans:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|s| s.contains("key=a") && s.contains("outcome=\"published\""))
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|s| s.contains("key=b") && s.contains("outcome=\"retry\""))
+    );
+}

@@ -43,12 +43,12 @@ async fn a_cursor_never_skips_a_late_commit(backend: Backend) {
     let cursor = {
         let done = done.clone();
         tokio::spawn(async move {
-            let (mut position, mut seen) = (None::<CursorPosition>, Vec::new());
+            let (mut position, mut seen) = (reader.start(), Vec::new());
             loop {
                 let finished = done.load(Ordering::SeqCst);
-                let batch = reader.read(position.clone(), 7).await.unwrap();
+                let batch = reader.read(&position, 7).await.unwrap();
                 if let Some(last) = batch.entries.last() {
-                    position = Some(last.position.clone());
+                    position = last.position.clone();
                 }
                 let empty = batch.entries.is_empty();
                 seen.extend(batch.entries.into_iter().map(|e| e.message.message.id));
@@ -128,8 +128,11 @@ async fn a_naive_position_reader_loses_what_the_log_keeps(backend: Backend) {
     // Both readers take their turn while `slow` is open.
     let naive_first = reader.list(&ListFilter::all(100)).await.unwrap();
     let naive_checkpoint = naive_first.iter().map(|m| m.seq).max();
-    let log_first = reader.read(None, 100).await.unwrap();
-    let log_checkpoint = log_first.entries.last().map(|e| e.position.clone());
+    let log_first = reader.read(&reader.start(), 100).await.unwrap();
+    let log_checkpoint = log_first
+        .entries
+        .last()
+        .map_or_else(|| reader.start(), |e| e.position.clone());
 
     slow.commit().await.unwrap();
     let mut naive_seen: Vec<MessageId> = naive_first.iter().map(|m| m.message.id).collect();
@@ -149,7 +152,7 @@ async fn a_naive_position_reader_loses_what_the_log_keeps(backend: Backend) {
         .iter()
         .map(|e| e.message.message.id)
         .collect();
-    let rest = reader.read(log_checkpoint, 100).await.unwrap();
+    let rest = reader.read(&log_checkpoint, 100).await.unwrap();
     log_seen.extend(rest.entries.iter().map(|e| e.message.message.id));
 
     assert_eq!(
@@ -187,7 +190,7 @@ mod postgres {
             .unwrap()[0];
         let second = writer.enqueue(vec![message("b", 2)]).await.unwrap()[0];
         for _ in 0..3 {
-            let batch = writer.read(None, 10).await.unwrap();
+            let batch = writer.read(&writer.start(), 10).await.unwrap();
             assert!(
                 batch.entries.is_empty(),
                 "held back behind the open transaction"
@@ -210,7 +213,7 @@ mod postgres {
         let url = fresh_db_url(Backend::Postgres, "log_restore").await;
         let log = store(&url).await;
         let ahead = CursorPosition(format!("{}:1", u64::MAX / 2));
-        match log.read(Some(ahead), 10).await {
+        match log.read(&ahead, 10).await {
             Err(StoreError::InvalidPosition(text)) => {
                 assert!(text.contains("restored"), "{text}");
             }
@@ -250,13 +253,13 @@ mod mysql {
         for _ in 0..4 {
             let log = store(&url).await;
             readers.push(tokio::spawn(async move {
-                let (mut position, mut seen) = (None, Vec::new());
+                let (mut position, mut seen) = (log.start(), Vec::new());
                 loop {
-                    let batch = log.read(position.clone(), 13).await.unwrap();
+                    let batch = log.read(&position, 13).await.unwrap();
                     let Some(last) = batch.entries.last() else {
                         return seen;
                     };
-                    position = Some(last.position.clone());
+                    position = last.position.clone();
                     seen.extend(batch.entries.iter().map(|e| e.message.seq));
                 }
             }));
