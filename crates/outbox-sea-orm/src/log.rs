@@ -344,15 +344,15 @@ impl OutboxLog for SeaOrmStore {
         let mut held_back = false;
         if self.dialect == Dialect::Postgres && entries.len() < limit {
             let (held, next_xid) = self.held_back(last).await?;
-            if let Pos::Xid(xid, _) = after {
-                if xid >= next_xid {
-                    return Err(StoreError::InvalidPosition(format!(
-                        "position {} is ahead of this database's transaction ids (next {next_xid}): \
+            if let Pos::Xid(xid, _) = after
+                && xid >= next_xid
+            {
+                return Err(StoreError::InvalidPosition(format!(
+                    "position {} is ahead of this database's transaction ids (next {next_xid}): \
                          the database was restored from a dump or is another cluster; \
                          reset the cursor",
-                        after.text().0
-                    )));
-                }
+                    after.text().0
+                )));
             }
             held_back = held;
         }
