@@ -1,19 +1,20 @@
 //! `outbox cursor`: inspect, create and move named subscriber cursors
-//! (`outbox_ports::CursorStore`, on `SeaOrmCursorStore`).
+//! (`outbox_ports::CursorStore`, on `SeaOrmCursorStore`), which read an outbox table as
+//! a gap-safe log (`outbox_ports::OutboxLog`, on `SeaOrmStore`).
 //!
-//! A cursor's position is opaque to the port; the outbox log positions it counts in
-//! are message sequence numbers (`StoredMessage::seq`), written as decimal text. A
-//! cursor reads one outbox table, named by `--table`; its lag is that table's latest
-//! sequence number minus the cursor's position. The port can load and save a named
-//! cursor but not list them, so every command names its cursors.
+//! Positions are the log's own (`TRANSACTION_ID:SEQ` on PostgreSQL, a number
+//! elsewhere); the commands also take the names `start`, `unfinished` and `end`. A
+//! cursor reads one outbox table, named by `--table`; its lag is the number of entries
+//! after it and the age of the oldest. The port can load and save a named cursor but not
+//! list them, so every command names its cursors.
 
 use crate::admin::{self, Admin, Connection, parse_table, table_context, usage};
 use crate::output::{json_time, print_json, print_table, text_time};
 use anyhow::{Context, anyhow};
 use chrono::Utc;
 use outbox_domain::Identifier;
-use outbox_ports::{Cursor, CursorPosition, CursorStore, StoreError};
-use outbox_sea_orm::SeaOrmCursorStore;
+use outbox_ports::{Cursor, CursorPosition, CursorStore, LogLag, OutboxLog, StoreError};
+use outbox_sea_orm::{SeaOrmCursorStore, SeaOrmStore};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
@@ -24,8 +25,8 @@ pub(crate) struct CursorArgs {
     action: Action,
     #[command(flatten)]
     connection: Connection,
-    /// The outbox table the cursors read (for their lag, and for `latest`)
-    /// [default: outbox_messages].
+    /// The outbox table the cursors read (for their lag, and for `unfinished` and
+    /// `end`) [default: outbox_messages].
     #[arg(long, value_name = "NAME", value_parser = parse_table, global = true)]
     table: Option<Identifier>,
 }
@@ -43,9 +44,11 @@ enum Action {
     Init {
         /// The cursor name.
         name: String,
-        /// Where it starts: everything up to and including this sequence number counts
-        /// as read. `0` reads the whole log; `latest` only what comes next.
-        #[arg(long, value_name = "SEQ|latest", default_value = "0", value_parser = parse_position)]
+        /// Where it starts: everything up to and including this position counts as
+        /// read. `start` reads the whole log; `unfinished` from the earliest message
+        /// the relay has not finished; `end` only what comes next; or a position as
+        /// `cursor status` shows it.
+        #[arg(long, value_name = "start|unfinished|end|POSITION", default_value = "start", value_parser = parse_position)]
         at: Position,
     },
     /// Move an existing cursor (for example back, to read messages again). A
@@ -55,25 +58,29 @@ enum Action {
         /// The cursor name.
         name: String,
         /// The new position (as for `init --at`).
-        #[arg(long, value_name = "SEQ|latest", default_value = "0", value_parser = parse_position)]
+        #[arg(long, value_name = "start|unfinished|end|POSITION", default_value = "start", value_parser = parse_position)]
         to: Position,
     },
 }
 
 /// A position given on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Position {
-    Seq(u64),
-    Latest,
+    Start,
+    Unfinished,
+    End,
+    /// A position of the log, checked against it once connected.
+    At(String),
 }
 
 fn parse_position(text: &str) -> Result<Position, String> {
-    if text == "latest" {
-        return Ok(Position::Latest);
-    }
-    text.parse()
-        .map(Position::Seq)
-        .map_err(|_| "expected a sequence number (0, 1, …) or `latest`".to_owned())
+    Ok(match text {
+        "start" => Position::Start,
+        "unfinished" => Position::Unfinished,
+        "end" | "latest" => Position::End,
+        "" => return Err("expected start, unfinished, end or a position".to_owned()),
+        other => Position::At(other.to_owned()),
+    })
 }
 
 pub(crate) async fn run(args: CursorArgs) -> anyhow::Result<ExitCode> {
@@ -87,16 +94,21 @@ async fn cursor(args: CursorArgs) -> anyhow::Result<ExitCode> {
         Action::Init { name, .. } | Action::Reset { name, .. } => check_name(name)?,
     }
     let admin = Admin::open(&args.connection, "cursor").await?;
-    let outbox = admin.stores(std::slice::from_ref(&table))?.remove(0);
+    let log = admin.stores(std::slice::from_ref(&table))?.remove(0);
     let cursors = SeaOrmCursorStore::new(admin.db.clone());
-    let latest = outbox
-        .latest_seq()
+    let end = log
+        .end()
         .await
-        .with_context(|| table_context("read", &outbox))?;
+        .with_context(|| table_context("read", &log))?;
+    let out = Out {
+        admin: &admin,
+        log: &log,
+        end: &end,
+    };
     match args.action {
-        Action::Status { names } => status(&admin, &cursors, &table, latest, &names).await,
+        Action::Status { names } => status(&out, &cursors, &names).await,
         Action::Init { name, at } => {
-            let position = resolve(at, latest);
+            let position = resolve(&log, at, &end).await?;
             let cursor = cursors
                 .save(&name, position, None, Utc::now())
                 .await
@@ -106,13 +118,13 @@ async fn cursor(args: CursorArgs) -> anyhow::Result<ExitCode> {
                     ),
                     e => anyhow::Error::new(e).context(format!("create the cursor {name}")),
                 })?;
-            report(&admin, "init", &table, latest, None, &cursor)
+            report(&out, "init", None, &cursor).await
         }
         Action::Reset { name, to } => {
             let before = load(&cursors, &name).await?.ok_or_else(|| {
                 anyhow!("no cursor {name}; create it with `outbox cursor init {name}`")
             })?;
-            let position = resolve(to, latest);
+            let position = resolve(&log, to, &end).await?;
             let cursor = cursors
                 .save(&name, position, Some(before.version), Utc::now())
                 .await
@@ -124,9 +136,16 @@ async fn cursor(args: CursorArgs) -> anyhow::Result<ExitCode> {
                     ),
                     e => anyhow::Error::new(e).context(format!("move the cursor {name}")),
                 })?;
-            report(&admin, "reset", &table, latest, Some(&before), &cursor)
+            report(&out, "reset", Some(&before), &cursor).await
         }
     }
+}
+
+/// What every report needs: the options, the log and its end.
+struct Out<'a> {
+    admin: &'a Admin,
+    log: &'a SeaOrmStore,
+    end: &'a CursorPosition,
 }
 
 /// Cursor names are stored as given; an empty one is a usage error.
@@ -137,12 +156,22 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resolve(position: Position, latest: Option<u64>) -> CursorPosition {
-    let seq = match position {
-        Position::Seq(seq) => seq,
-        Position::Latest => latest.unwrap_or(0),
-    };
-    CursorPosition(seq.to_string())
+async fn resolve(
+    log: &SeaOrmStore,
+    position: Position,
+    end: &CursorPosition,
+) -> anyhow::Result<CursorPosition> {
+    Ok(match position {
+        Position::Start => log.start(),
+        Position::End => end.clone(),
+        Position::Unfinished => log
+            .unfinished_start()
+            .await
+            .with_context(|| table_context("read", log))?,
+        Position::At(text) => log
+            .parse_position(&text)
+            .map_err(|e| usage(e.to_string()))?,
+    })
 }
 
 async fn load(cursors: &SeaOrmCursorStore, name: &str) -> anyhow::Result<Option<Cursor>> {
@@ -151,66 +180,88 @@ async fn load(cursors: &SeaOrmCursorStore, name: &str) -> anyhow::Result<Option<
     })
 }
 
-/// How far `cursor` is behind the newest message, when its position is a sequence
-/// number.
-fn lag(cursor: &Cursor, latest: Option<u64>) -> Option<u64> {
-    let position: u64 = cursor.position.0.parse().ok()?;
-    Some(latest.unwrap_or(0).saturating_sub(position))
+/// How far `cursor` is behind the end of the log; `None` for a position the log cannot
+/// read from (written by something else, or before a restore).
+async fn lag(log: &SeaOrmStore, cursor: &Cursor) -> anyhow::Result<Option<LogLag>> {
+    match log.lag(&cursor.position).await {
+        Ok(lag) => Ok(Some(lag)),
+        Err(StoreError::InvalidPosition(_)) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(table_context("read", log))),
+    }
 }
 
-fn cursor_json(cursor: &Cursor, latest: Option<u64>) -> Value {
+fn lag_seconds(lag: &LogLag) -> Option<i64> {
+    lag.oldest_at
+        .map(|at| (Utc::now() - at).num_seconds().max(0))
+}
+
+fn cursor_json(cursor: &Cursor, lag: Option<LogLag>) -> Value {
     json!({
         "name": cursor.name,
         "position": cursor.position.0,
         "version": cursor.version,
         "updated_at": json_time(Some(cursor.updated_at)),
-        "lag": lag(cursor, latest),
+        "lag": lag.map(|l| l.entries),
+        "oldest_unread_at": lag.and_then(|l| l.oldest_at).map(|at| json_time(Some(at))),
+        "lag_seconds": lag.as_ref().and_then(lag_seconds),
     })
 }
 
 async fn status(
-    admin: &Admin,
+    out: &Out<'_>,
     cursors: &SeaOrmCursorStore,
-    table: &Identifier,
-    latest: Option<u64>,
     names: &[String],
 ) -> anyhow::Result<ExitCode> {
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for name in names {
         match load(cursors, name).await? {
-            Some(c) => found.push(c),
+            Some(c) => {
+                let lag = lag(out.log, &c).await?;
+                found.push((c, lag));
+            }
             None => missing.push(name.clone()),
         }
     }
-    if admin.json {
+    let table = &out.log.config().table;
+    if out.admin.json {
         print_json(&json!({
-            "database": admin.database,
+            "database": out.admin.database,
             "table": table.as_str(),
-            "latest_seq": latest,
-            "cursors": found.iter().map(|c| cursor_json(c, latest)).collect::<Vec<_>>(),
+            "end": out.end.0,
+            "cursors": found.iter().map(|(c, l)| cursor_json(c, *l)).collect::<Vec<_>>(),
             "missing": missing,
         }))?;
     } else {
-        println!(
-            "table: {table}, latest seq {}",
-            latest.map_or_else(|| "- (empty)".to_owned(), |s| s.to_string())
-        );
+        println!("table: {table}, log end {}", out.end.0);
         println!();
         if !found.is_empty() {
             let rows: Vec<Vec<String>> = found
                 .iter()
-                .map(|c| {
+                .map(|(c, lag)| {
                     vec![
                         c.name.clone(),
                         c.position.0.clone(),
-                        lag(c, latest).map_or_else(|| "?".to_owned(), |l| l.to_string()),
+                        lag.map_or_else(|| "?".to_owned(), |l| l.entries.to_string()),
+                        lag.as_ref()
+                            .and_then(lag_seconds)
+                            .map_or_else(|| "-".to_owned(), |s| format!("{s}s")),
                         c.version.to_string(),
                         text_time(Some(c.updated_at)),
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "POSITION", "LAG", "VERSION", "UPDATED"], &rows);
+            print_table(
+                &[
+                    "NAME",
+                    "POSITION",
+                    "LAG",
+                    "OLDEST UNREAD",
+                    "VERSION",
+                    "UPDATED",
+                ],
+                &rows,
+            );
         }
     }
     if missing.is_empty() {
@@ -220,22 +271,26 @@ async fn status(
     }
 }
 
-fn report(
-    admin: &Admin,
+async fn report(
+    out: &Out<'_>,
     action: &str,
-    table: &Identifier,
-    latest: Option<u64>,
     before: Option<&Cursor>,
     cursor: &Cursor,
 ) -> anyhow::Result<ExitCode> {
-    if admin.json {
+    let table = &out.log.config().table;
+    let lag_now = lag(out.log, cursor).await?;
+    if out.admin.json {
+        let previous = match before {
+            Some(b) => Some(cursor_json(b, lag(out.log, b).await?)),
+            None => None,
+        };
         print_json(&json!({
-            "database": admin.database,
+            "database": out.admin.database,
             "action": action,
             "table": table.as_str(),
-            "latest_seq": latest,
-            "previous": before.map(|c| cursor_json(c, latest)),
-            "cursor": cursor_json(cursor, latest),
+            "end": out.end.0,
+            "previous": previous,
+            "cursor": cursor_json(cursor, lag_now),
         }))?;
     } else {
         match before {
@@ -248,8 +303,8 @@ fn report(
                 cursor.name, cursor.position.0, cursor.version
             ),
         }
-        if let Some(l) = lag(cursor, latest) {
-            println!("lag {l} behind {table}");
+        if let Some(l) = lag_now {
+            println!("lag {} behind {table}", l.entries);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -260,19 +315,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_are_numbers_or_latest() {
-        assert_eq!(parse_position("42"), Ok(Position::Seq(42)));
-        assert_eq!(parse_position("latest"), Ok(Position::Latest));
-        assert!(parse_position("-1").is_err());
-        assert!(parse_position("soon").is_err());
-    }
-
-    #[test]
-    fn lag_counts_to_the_newest_message() {
-        let c = |p: &str| Cursor::new("c".into(), CursorPosition(p.into()), 1, Utc::now());
-        assert_eq!(lag(&c("10"), Some(15)), Some(5));
-        assert_eq!(lag(&c("20"), Some(15)), Some(0));
-        assert_eq!(lag(&c("3"), None), Some(0));
-        assert_eq!(lag(&c("tx:9"), Some(15)), None);
+    fn positions_are_names_or_log_positions() {
+        assert_eq!(parse_position("start"), Ok(Position::Start));
+        assert_eq!(parse_position("unfinished"), Ok(Position::Unfinished));
+        assert_eq!(parse_position("end"), Ok(Position::End));
+        assert_eq!(parse_position("latest"), Ok(Position::End));
+        assert_eq!(parse_position("42"), Ok(Position::At("42".into())));
+        assert!(parse_position("").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `outbox cursor status / init / reset` on SQLite, PostgreSQL and MariaDB: positions
-//! and lag against the outbox's newest message, text and JSON, and exit codes 2
-//! (usage) and 1 (unknown or existing cursor, missing table).
+//! of the outbox log (`start`, `unfinished`, `end` or a position), lag as entries after
+//! the cursor, text and JSON, and exit codes 2 (usage) and 1 (unknown or existing
+//! cursor, missing table).
 
 #![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
 
@@ -10,13 +11,14 @@ mod common;
 use admin::{fails, json, message, migrate, ok, store};
 use chrono::Utc;
 use common::{Server, block_on, outbox, temp_dir};
-use outbox_ports::{CursorPosition, CursorStore, MessageStore};
+use outbox_ports::{CursorPosition, CursorStore, MessageStore, OutboxLog};
 use outbox_sea_orm::SeaOrmCursorStore;
+use outbox_test_support::conformance::log::settled;
 use serde_json::Value;
 
-/// Five messages in the default table, two in `orders_outbox`. Returns the default
-/// table's newest seq.
-fn seed(url: &str, dir: &std::path::Path) -> u64 {
+/// Five messages in the default table, two in `orders_outbox`, the first two of the
+/// default table published. Returns the default table's log positions, in order.
+fn seed(url: &str, dir: &std::path::Path) -> Vec<String> {
     let routes = dir.join("routes.toml");
     std::fs::write(&routes, admin::ROUTES).unwrap();
     migrate(url, Some(routes.to_str().unwrap()));
@@ -24,7 +26,7 @@ fn seed(url: &str, dir: &std::path::Path) -> u64 {
         let s = store(url, "outbox_messages").await;
         s.enqueue(
             (0..5)
-                .map(|n| message("mail", "mail.sent", "k", n, Utc::now()))
+                .map(|n| message("mail", "mail.sent", &format!("k{n}"), n, Utc::now()))
                 .collect(),
         )
         .await
@@ -37,12 +39,33 @@ fn seed(url: &str, dir: &std::path::Path) -> u64 {
         )
         .await
         .unwrap();
-        s.latest_seq().await.unwrap().unwrap()
+        let entries = settled(&s, 10).await;
+        let claimed = s
+            .claim(&outbox_ports::ClaimRequest {
+                owner: "test".into(),
+                limit: 2,
+                lease_for: std::time::Duration::from_secs(60),
+                now: Utc::now(),
+            })
+            .await
+            .unwrap();
+        let published = claimed
+            .iter()
+            .map(|c| outbox_ports::Settlement {
+                id: c.message.id,
+                token: c.lease.token,
+                disposition: outbox_ports::Disposition::Published,
+            })
+            .collect();
+        s.settle(published, Utc::now()).await.unwrap();
+        settled(&o, 10).await;
+        entries.into_iter().map(|e| e.position.0).collect()
     })
 }
 
 fn cursors_on(url: &str, dir: &std::path::Path) {
-    let latest = seed(url, dir);
+    let positions = seed(url, dir);
+    let end = positions.last().unwrap().clone();
 
     // Unknown cursors: reported, exit 1, the known ones still shown.
     let run = fails(
@@ -51,66 +74,74 @@ fn cursors_on(url: &str, dir: &std::path::Path) {
         1,
         "no cursor named sub-a",
     );
-    assert!(
-        run.stdout.contains(&format!("latest seq {latest}")),
-        "{run}"
-    );
+    assert!(run.stdout.contains(&format!("log end {end}")), "{run}");
 
-    // init: at 0 by default, lagging by the whole log.
+    // init: at the start by default, lagging by the whole log.
     let doc = json(url, &["cursor", "init", "sub-a"]);
     assert_eq!(doc["action"], "init");
-    assert_eq!(doc["latest_seq"], latest);
+    assert_eq!(doc["end"], end.as_str());
     assert_eq!(doc["previous"], Value::Null);
     let c = &doc["cursor"];
+    let start = c["position"].as_str().unwrap().to_owned();
+    assert!(start == "0" || start == "0:0", "{doc:#}");
     assert_eq!(
-        (&c["name"], &c["position"], &c["version"], &c["lag"]),
-        (
-            &"sub-a".into(),
-            &"0".into(),
-            &1.into(),
-            &Value::from(latest)
-        ),
+        (&c["name"], &c["version"], &c["lag"]),
+        (&"sub-a".into(), &1.into(), &5.into()),
         "{doc:#}"
     );
-    assert!(c["updated_at"].is_string());
+    assert!(c["updated_at"].is_string() && c["oldest_unread_at"].is_string());
+    assert!(c["lag_seconds"].as_i64().unwrap() >= 0);
     fails(url, &["cursor", "init", "sub-a"], 1, "exists already");
 
-    // init --at latest: nothing to read yet.
-    let run = ok(url, &["cursor", "init", "sub-b", "--at", "latest"]);
+    // init --at end: nothing to read yet.
+    let run = ok(url, &["cursor", "init", "sub-b", "--at", "end"]);
     assert!(
         run.stdout
-            .contains(&format!("created cursor sub-b at {latest} (version 1)")),
+            .contains(&format!("created cursor sub-b at {end} (version 1)")),
         "{run}"
     );
     assert!(run.stdout.contains("lag 0 behind outbox_messages"), "{run}");
 
-    // reset: a compare-and-set move from what it was.
-    let doc = json(url, &["cursor", "reset", "sub-a", "--to", "3"]);
-    assert_eq!(doc["previous"]["position"], "0");
-    assert_eq!(doc["cursor"]["position"], "3");
+    // init --at unfinished: before the first message the relay has not published.
+    let doc = json(url, &["cursor", "init", "sub-c", "--at", "unfinished"]);
+    assert_eq!(doc["cursor"]["lag"], 3, "{doc:#}");
+
+    // reset: a compare-and-set move from what it was, to a position of the log.
+    let doc = json(url, &["cursor", "reset", "sub-a", "--to", &positions[2]]);
+    assert_eq!(doc["previous"]["position"], start.as_str());
+    assert_eq!(doc["cursor"]["position"], positions[2].as_str());
     assert_eq!(doc["cursor"]["version"], 2);
-    assert_eq!(doc["cursor"]["lag"], latest - 3);
+    assert_eq!(doc["cursor"]["lag"], 2);
     let run = ok(url, &["cursor", "reset", "sub-b"]);
     assert!(
         run.stdout.contains(&format!(
-            "moved cursor sub-b from {latest} to 0 (version 2)"
+            "moved cursor sub-b from {end} to {start} (version 2)"
         )),
         "{run}"
     );
     fails(url, &["cursor", "reset", "nobody"], 1, "no cursor nobody");
+    fails(
+        url,
+        &["cursor", "reset", "sub-a", "--to", "soon"],
+        2,
+        "not a position of the outbox log",
+    );
 
     // status: a table of the named cursors, and JSON.
     let run = ok(url, &["cursor", "status", "sub-a", "sub-b"]);
-    for column in ["NAME", "POSITION", "LAG", "VERSION", "UPDATED"] {
+    for column in [
+        "NAME",
+        "POSITION",
+        "LAG",
+        "OLDEST UNREAD",
+        "VERSION",
+        "UPDATED",
+    ] {
         assert!(run.stdout.contains(column), "{run}");
     }
     let row = run.stdout.lines().find(|l| l.starts_with("sub-a")).unwrap();
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(
-        &cells[..4],
-        ["sub-a", "3", &(latest - 3).to_string(), "2"],
-        "{run}"
-    );
+    assert_eq!(&cells[..3], ["sub-a", positions[2].as_str(), "2"], "{run}");
     let doc = json(url, &["cursor", "status", "sub-a", "sub-b"]);
     assert_eq!(doc["table"], "outbox_messages");
     assert_eq!(doc["missing"], Value::Array(Vec::new()));
@@ -121,7 +152,7 @@ fn cursors_on(url: &str, dir: &std::path::Path) {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["sub-a", "sub-b"]);
-    assert_eq!(doc["cursors"][1]["lag"], latest);
+    assert_eq!(doc["cursors"][1]["lag"], 5);
 
     // --json with a missing cursor: the document still says what was found.
     let run = admin::run(url, &["cursor", "status", "sub-a", "ghost", "--json"]);
@@ -130,15 +161,14 @@ fn cursors_on(url: &str, dir: &std::path::Path) {
     assert_eq!(doc["missing"], serde_json::json!(["ghost"]));
     assert_eq!(doc["cursors"][0]["name"], "sub-a");
 
-    // Lag against another table.
+    // Lag against another table: its own log.
     let doc = json(
         url,
-        &["cursor", "status", "sub-a", "--table", "orders_outbox"],
+        &["cursor", "status", "sub-b", "--table", "orders_outbox"],
     );
-    let orders_latest = doc["latest_seq"].as_u64().unwrap();
-    assert_eq!(doc["cursors"][0]["lag"], orders_latest.saturating_sub(3));
+    assert_eq!(doc["cursors"][0]["lag"], 2);
 
-    // A position that is not a sequence number: shown, lag unknown.
+    // A position that is not one of the log's: shown, lag unknown.
     block_on(async {
         let db = outbox_sea_orm::connect(url).await.unwrap();
         SeaOrmCursorStore::new(db)
@@ -188,12 +218,13 @@ fn cursor_of_an_empty_outbox() {
     let dir = temp_dir("cursor_empty");
     let url = format!("sqlite:{}", dir.join("app.db").display());
     migrate(&url, None);
-    let doc = json(&url, &["cursor", "init", "fresh", "--at", "latest"]);
-    assert_eq!(doc["latest_seq"], Value::Null);
+    let doc = json(&url, &["cursor", "init", "fresh", "--at", "end"]);
+    assert_eq!(doc["end"], "0");
     assert_eq!(
         (&doc["cursor"]["position"], &doc["cursor"]["lag"]),
         (&"0".into(), &0.into())
     );
+    assert_eq!(doc["cursor"]["lag_seconds"], Value::Null);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -208,10 +239,13 @@ fn cursor_usage_errors() {
     migrate(&url, None);
     for (args, why) in [
         (&["cursor", "status"][..], "required"),
-        (&["cursor", "init", "a", "--at=-5"][..], "sequence number"),
         (
-            &["cursor", "reset", "a", "--to", "soon"][..],
-            "sequence number",
+            &["cursor", "init", "a", "--at=-5"][..],
+            "not a position of the outbox log",
+        ),
+        (
+            &["cursor", "init", "a", "--at="][..],
+            "expected start, unfinished, end",
         ),
         (&["cursor", "init", " "][..], "must not be empty"),
         (
