@@ -31,6 +31,7 @@ mod error;
 mod inbox;
 mod publisher;
 mod store;
+mod wake;
 
 pub use clock::{Clock, SystemClock};
 pub use compensation::{
@@ -51,6 +52,7 @@ pub use store::{
     ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
     Settlement, StoredMessage,
 };
+pub use wake::Wake;
 
 #[cfg(feature = "mock")]
 pub use clock::MockClock;

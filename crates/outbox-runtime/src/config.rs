@@ -42,6 +42,12 @@ pub struct RelayConfig {
     /// How long an idle relay waits before polling again; a
     /// [`RelayWaker`](crate::RelayWaker) cuts the wait short (default 1 s).
     pub poll_interval: Duration,
+    /// The adaptive poll: after a claim that found work, the next idle wait is this
+    /// short and doubles with each empty claim up to `poll_interval` (default 10 ms;
+    /// capped at `poll_interval`). So a busy relay notices new work within milliseconds
+    /// even without a wake (MySQL and SQLite have no cross-process wake), and an idle
+    /// one polls at `poll_interval`.
+    pub min_poll_interval: Duration,
     /// How long a claim holds (default 30 s).
     pub lease: Duration,
     /// Upper bound on one publish call; must be shorter than the lease (default 10 s).
@@ -74,6 +80,7 @@ impl Default for RelayConfig {
             relay_id: format!("relay-{}", std::process::id()),
             batch_size: 100,
             poll_interval: Duration::from_secs(1),
+            min_poll_interval: Duration::from_millis(10),
             lease: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(10),
             concurrency: 1,
@@ -105,6 +112,7 @@ impl RelayConfig {
         }
         for (name, d) in [
             ("poll_interval", self.poll_interval),
+            ("min_poll_interval", self.min_poll_interval),
             ("lease", self.lease),
             ("publish_timeout", self.publish_timeout),
             ("sweep_interval", self.sweep_interval),

@@ -89,6 +89,14 @@ impl RelayWaker {
     }
 }
 
+/// Give it to a store (`SeaOrmStore::with_waker`) and every commit the store makes or
+/// is told of wakes the relay.
+impl outbox_ports::Wake for RelayWaker {
+    fn wake(&self) {
+        self.notify();
+    }
+}
+
 /// Delivers committed outbox messages to a broker: claim a batch, publish it outside
 /// any transaction, settle every message with its own outcome.
 ///
@@ -393,23 +401,28 @@ impl Relay {
 
     async fn claim_loop(self: Arc<Self>, owner: String, shutdown: CancellationToken) {
         let mut failures = 0u32;
+        let ceiling = self.config.poll_interval;
+        let mut idle = ceiling;
         while !shutdown.is_cancelled() {
             let pause = match self.run_batch(&owner).await {
                 Ok(r) => {
                     failures = 0;
                     // Settling a batch may have unparked the next message of each of its
-                    // keys, so go again at once; only an empty claim means idle.
+                    // keys, so go again at once; only an empty claim means idle. After
+                    // work, idle waits start short and double (the adaptive poll).
                     if r.claimed > 0 {
+                        idle = self.config.min_poll_interval.min(ceiling);
                         continue;
                     }
-                    self.config.poll_interval
+                    let pause = idle;
+                    idle = (idle * 2).min(ceiling);
+                    pause
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(relay = %owner, error = %e, failures, "relay step failed");
-                    (self.config.poll_interval * 2u32.saturating_pow(failures.min(6)))
-                        .min(Duration::from_secs(30))
+                    (ceiling * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(30))
                 }
             };
             tokio::select! {

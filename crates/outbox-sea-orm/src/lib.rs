@@ -54,6 +54,7 @@ mod log;
 mod routed;
 mod row;
 mod store;
+mod wake;
 
 pub use compensation::SeaOrmCompensationStore;
 pub use connect::{ConnectError, connect, redact_url};
@@ -62,3 +63,5 @@ pub use dead_letter::{ParkedMessage, SeaOrmDeadLetters};
 pub use inbox::SeaOrmInbox;
 pub use routed::{RoutedOutbox, RoutedWriteError, Written};
 pub use store::{SeaOrmStore, StoreConfig};
+#[cfg(feature = "postgres")]
+pub use wake::{PgNotifier, PgWakeListener};

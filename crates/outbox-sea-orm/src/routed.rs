@@ -32,6 +32,7 @@ pub struct RoutedOutbox {
     registry: RouteRegistry,
     stores: BTreeMap<Identifier, SeaOrmStore>,
     trace_context: Option<fn() -> Option<TraceContext>>,
+    wakers: crate::wake::Wakers,
 }
 
 /// What [`RoutedOutbox::write_in`] did with each message.
@@ -99,7 +100,25 @@ impl RoutedOutbox {
             registry,
             stores,
             trace_context: None,
+            wakers: crate::wake::Wakers::default(),
         })
+    }
+
+    /// Calls `waker` after every commit handed to [`commit`](Self::commit): the
+    /// `RelayWaker`s of the relays in this process (a spurious wake of a relay whose
+    /// table got nothing is harmless), and a `PgNotifier` per table for relays
+    /// elsewhere.
+    pub fn with_waker(mut self, waker: std::sync::Arc<dyn outbox_ports::Wake>) -> Self {
+        self.wakers.push(waker);
+        self
+    }
+
+    /// Commits `txn`, in which [`write_in`](Self::write_in) wrote, then wakes the
+    /// wakers, so that relays deliver at once rather than at their next poll.
+    pub async fn commit(&self, txn: sea_orm::DatabaseTransaction) -> StoreResult<()> {
+        txn.commit().await.map_err(crate::error::db_error)?;
+        self.wakers.wake();
+        Ok(())
     }
 
     /// Stamps every message [`message`](Self::message) builds with the trace context

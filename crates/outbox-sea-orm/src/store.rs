@@ -107,6 +107,7 @@ pub struct SeaOrmStore {
     pub(crate) db: DatabaseConnection,
     pub(crate) dialect: Dialect,
     config: StoreConfig,
+    pub(crate) wakers: crate::wake::Wakers,
 }
 
 impl SeaOrmStore {
@@ -120,6 +121,7 @@ impl SeaOrmStore {
             db,
             dialect,
             config,
+            wakers: crate::wake::Wakers::default(),
         })
     }
 
@@ -802,7 +804,9 @@ pub(crate) fn limit_value(limit: usize) -> Value {
 #[async_trait]
 impl MessageStore for SeaOrmStore {
     async fn enqueue(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {
-        self.enqueue_in(&self.db, messages).await
+        let ids = self.enqueue_in(&self.db, messages).await?;
+        self.wakers.wake();
+        Ok(ids)
     }
 
     async fn record(&self, messages: Vec<OutboxMessage>) -> StoreResult<Vec<MessageId>> {

@@ -266,6 +266,42 @@ async fn notify_wakes_an_idle_relay_at_once() {
     assert!(handle.shutdown().await);
 }
 
+/// After work, a relay polls again within milliseconds, doubling up to its poll
+/// interval: new work is noticed without a wake (the fallback where no cross-process
+/// wake exists); an idle relay is back at the long interval.
+#[tokio::test]
+async fn a_busy_relay_polls_fast_without_a_wake() {
+    let store = InMemoryStore::new();
+    let broker = InMemoryPublisher::new();
+    let mut cfg = config(10);
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.min_poll_interval = Duration::from_millis(5);
+    let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), cfg).unwrap();
+    let handle = relay.spawn(CancellationToken::new());
+    tokio::time::sleep(Duration::from_millis(50)).await; // idle, at the hour-long poll
+    store
+        .enqueue(vec![msg("k", 0, chrono::Utc::now())])
+        .await
+        .unwrap();
+    handle.notify();
+    assert_eq!(
+        broker.read_from(0, 10, Duration::from_secs(10)).await.len(),
+        1
+    );
+    // No wake this time: the adaptive poll finds it.
+    store
+        .enqueue(vec![msg("k", 1, chrono::Utc::now())])
+        .await
+        .unwrap();
+    let got = broker.read_from(1, 10, Duration::from_secs(10)).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "found by the short poll after work, not the hour-long one"
+    );
+    assert!(handle.shutdown().await);
+}
+
 #[tokio::test]
 async fn shutdown_drains_the_batch_in_flight_without_loss_or_double_publish() {
     let store = InMemoryStore::new();

@@ -17,6 +17,7 @@ mod inbox;
 mod log;
 mod migrate;
 mod routing;
+mod wake;
 
 use outbox_sea_orm::{SeaOrmStore, StoreConfig};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
