@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use outbox_domain::{BackoffPolicy, EventRouteConfig, RouteRegistry, RoutesConfig, ServiceRoute};
-use outbox_runtime::RelayConfig;
+use outbox_runtime::{CompensationConfig, RelayConfig};
 use serde::Deserialize;
 
 use crate::database::DATABASE_URL_ENV;
@@ -41,6 +41,9 @@ pub(crate) struct DaemonConfig {
     pub(crate) services: Vec<ServiceRoute>,
     #[serde(default)]
     pub(crate) events: Vec<EventRouteConfig>,
+    /// Absent: the daemon runs no compensation worker.
+    #[serde(default)]
+    pub(crate) compensation: Option<CompensationSection>,
 }
 
 fn default_stats_interval_ms() -> u64 {
@@ -65,6 +68,58 @@ pub(crate) struct RelaySection {
     backoff_cap_ms: Option<u64>,
     /// Hours published messages are kept; 0 keeps them forever.
     retention_hours: Option<u64>,
+}
+
+/// `[compensation]`: a compensation worker that runs `command` for each attempt (see
+/// [`crate::executor`] for the contract). Unset keys keep the defaults shown.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CompensationSection {
+    /// Program and arguments; required, not empty.
+    command: Vec<String>,
+    /// Bound on one attempt; the command is killed after it (default 30000).
+    #[serde(default = "default_compensation_timeout_ms")]
+    timeout_ms: u64,
+    /// Items claimed per round (default 50).
+    #[serde(default = "default_compensation_batch_size")]
+    batch_size: usize,
+    /// Pause between rounds that found nothing due (default 5000).
+    #[serde(default = "default_compensation_poll_interval_ms")]
+    poll_interval_ms: u64,
+    /// How long a claimed item is reserved for this daemon; above `timeout_ms`
+    /// (default 60000).
+    #[serde(default = "default_compensation_reserve_ms")]
+    reserve_ms: u64,
+    /// First retry delay (default 60000); doubles up to `backoff_cap_ms` (default
+    /// 960000).
+    backoff_base_ms: Option<u64>,
+    backoff_cap_ms: Option<u64>,
+}
+
+fn default_compensation_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_compensation_batch_size() -> usize {
+    50
+}
+
+fn default_compensation_poll_interval_ms() -> u64 {
+    5_000
+}
+
+fn default_compensation_reserve_ms() -> u64 {
+    60_000
+}
+
+/// The compensation worker's settings, checked.
+#[derive(Debug)]
+pub(crate) struct CompensationSettings {
+    /// Program, then arguments; never empty.
+    pub(crate) command: Vec<String>,
+    /// Bound on one attempt.
+    pub(crate) timeout: Duration,
+    pub(crate) worker: CompensationConfig,
 }
 
 /// `[broker]`: where the relays publish. Every kind is parsed in every build, so a
@@ -128,6 +183,8 @@ pub(crate) struct Checked {
     pub(crate) file: DaemonConfig,
     pub(crate) registry: RouteRegistry,
     pub(crate) relay: RelayConfig,
+    /// `None` without a `[compensation]` section.
+    pub(crate) compensation: Option<CompensationSettings>,
 }
 
 impl std::fmt::Debug for DaemonConfig {
@@ -230,6 +287,11 @@ fn check(file: DaemonConfig) -> anyhow::Result<Checked> {
     })
     .context("configuration keys `services` / `events`")?;
     let relay = relay_config(&file.relay, file.relay_id.clone())?;
+    let compensation = file
+        .compensation
+        .as_ref()
+        .map(compensation_settings)
+        .transpose()?;
     match &file.broker {
         BrokerSection::Kafka { .. } if !cfg!(feature = "kafka") => bail!(
             "configuration key `broker.kind`: this `outbox` was built without the `kafka` \
@@ -245,6 +307,7 @@ fn check(file: DaemonConfig) -> anyhow::Result<Checked> {
         file,
         registry,
         relay,
+        compensation,
     })
 }
 
@@ -289,6 +352,54 @@ fn relay_config(section: &RelaySection, relay_id: Option<String>) -> anyhow::Res
     }
     config.validate().context("configuration section `relay`")?;
     Ok(config)
+}
+
+fn compensation_settings(section: &CompensationSection) -> anyhow::Result<CompensationSettings> {
+    let ms = Duration::from_millis;
+    if section.command.first().is_none_or(|p| p.trim().is_empty()) {
+        bail!("configuration key `compensation.command`: needs a program (and its arguments)");
+    }
+    for (key, value) in [
+        ("timeout_ms", section.timeout_ms),
+        ("poll_interval_ms", section.poll_interval_ms),
+        ("batch_size", section.batch_size as u64),
+    ] {
+        if value == 0 {
+            bail!("configuration key `compensation.{key}`: must be greater than 0");
+        }
+    }
+    if section.reserve_ms <= section.timeout_ms {
+        bail!(
+            "configuration key `compensation.reserve_ms`: {} must be greater than \
+             `compensation.timeout_ms` ({}), or another worker may take the item while \
+             its attempt still runs",
+            section.reserve_ms,
+            section.timeout_ms
+        );
+    }
+    let mut worker = CompensationConfig::default();
+    worker.batch_size = section.batch_size;
+    worker.poll_interval = ms(section.poll_interval_ms);
+    worker.reserve_for = ms(section.reserve_ms);
+    if section.backoff_base_ms.is_some() || section.backoff_cap_ms.is_some() {
+        let default = BackoffPolicy::minutes();
+        let default_base = default.nominal_delay(1);
+        let default_cap = default.nominal_delay(u32::MAX);
+        // An unset bound follows the one that is set, so either may be set alone.
+        let cap = section.backoff_cap_ms.map(ms);
+        let base = section
+            .backoff_base_ms
+            .map_or_else(|| cap.map_or(default_base, |c| c.min(default_base)), ms);
+        let cap = cap.unwrap_or(default_cap.max(base));
+        // The items carry their own retry limit; the policy's is not used.
+        worker.backoff = BackoffPolicy::new(base, 2.0, cap, default.max_attempts())
+            .context("configuration keys `compensation.backoff_*_ms`")?;
+    }
+    Ok(CompensationSettings {
+        command: section.command.clone(),
+        timeout: ms(section.timeout_ms),
+        worker,
+    })
 }
 
 fn default_relay_id() -> String {
@@ -397,6 +508,115 @@ service = "orders"
         let no_broker = GOOD.replace("kind = \"kafka\"", "kind = \"carrier-pigeon\"");
         assert!(error(&no_broker, &[]).contains("broker"));
         assert!(error("database_url = ", &[]).contains("not valid TOML"));
+    }
+
+    const COMPENSATION: &str = r#"
+[compensation]
+command = ["/usr/local/bin/compensate", "--flag"]
+timeout_ms = 2000
+batch_size = 10
+poll_interval_ms = 100
+reserve_ms = 5000
+backoff_base_ms = 200
+backoff_cap_ms = 1000
+"#;
+
+    /// The error of `GOOD` with `section` appended; the section is checked before the
+    /// broker kind, so in every build.
+    fn compensation_error(section: &str, env: &[(&str, &str)]) -> String {
+        error(&with_compensation(section), env)
+    }
+
+    fn with_compensation(section: &str) -> String {
+        format!("{GOOD}{section}")
+    }
+
+    #[test]
+    fn the_compensation_section() {
+        // Absent: no worker.
+        if cfg!(feature = "kafka") {
+            assert!(load_text(GOOD, &[]).unwrap().compensation.is_none());
+        }
+        let result = load_text(
+            &with_compensation(COMPENSATION),
+            &[("OUTBOX__COMPENSATION__BATCH_SIZE", "20")],
+        );
+        if !cfg!(feature = "kafka") {
+            // Checked before the broker kind is refused.
+            let err = format!("{:#}", result.err().unwrap());
+            assert!(err.contains("broker.kind"), "{err}");
+            return;
+        }
+        let settings = result.unwrap().compensation.unwrap();
+        assert_eq!(settings.command, ["/usr/local/bin/compensate", "--flag"]);
+        assert_eq!(settings.timeout, Duration::from_secs(2));
+        let worker = settings.worker;
+        assert_eq!(worker.batch_size, 20);
+        assert_eq!(worker.poll_interval, Duration::from_millis(100));
+        assert_eq!(worker.reserve_for, Duration::from_secs(5));
+        assert_eq!(worker.backoff.nominal_delay(1), Duration::from_millis(200));
+        assert_eq!(worker.backoff.nominal_delay(3), Duration::from_millis(800));
+        assert_eq!(worker.backoff.nominal_delay(9), Duration::from_secs(1));
+
+        // Only the command: the defaults.
+        let minimal = "\n[compensation]\ncommand = [\"/bin/true\"]\n";
+        let settings = load_text(&with_compensation(minimal), &[])
+            .unwrap()
+            .compensation
+            .unwrap();
+        assert_eq!(settings.timeout, Duration::from_secs(30));
+        assert_eq!(settings.worker, CompensationConfig::default());
+        // Only a small cap: the base follows it.
+        let small_cap = format!("{minimal}backoff_cap_ms = 500\n");
+        let settings = load_text(&with_compensation(&small_cap), &[])
+            .unwrap()
+            .compensation
+            .unwrap();
+        assert_eq!(
+            settings.worker.backoff.nominal_delay(1),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn bad_compensation_keys_are_named() {
+        let short_reserve = COMPENSATION.replace("reserve_ms = 5000", "reserve_ms = 2000");
+        let err = compensation_error(&short_reserve, &[]);
+        assert!(err.contains("`compensation.reserve_ms`"), "{err}");
+        let err = compensation_error(COMPENSATION, &[("OUTBOX__COMPENSATION__RESERVE_MS", "10")]);
+        assert!(err.contains("`compensation.reserve_ms`"), "{err}");
+
+        let no_command = COMPENSATION.replace(
+            r#"command = ["/usr/local/bin/compensate", "--flag"]"#,
+            "command = []",
+        );
+        let err = compensation_error(&no_command, &[]);
+        assert!(err.contains("`compensation.command`"), "{err}");
+        let blank_program = COMPENSATION.replace("/usr/local/bin/compensate", " ");
+        let err = compensation_error(&blank_program, &[]);
+        assert!(err.contains("`compensation.command`"), "{err}");
+        let missing =
+            COMPENSATION.replace(r#"command = ["/usr/local/bin/compensate", "--flag"]"#, "");
+        let err = compensation_error(&missing, &[]);
+        assert!(
+            err.contains("compensation") && err.contains("command"),
+            "{err}"
+        );
+        let as_string = compensation_error(
+            COMPENSATION,
+            &[("OUTBOX__COMPENSATION__COMMAND", "/bin/compensate --flag")],
+        );
+        assert!(as_string.contains("`compensation.command`"), "{as_string}");
+
+        let unknown = COMPENSATION.replace("batch_size = 10", "batch_size = 10\nretries = 3");
+        let err = compensation_error(&unknown, &[]);
+        assert!(err.contains("`compensation.retries`"), "{err}");
+        let zero = COMPENSATION.replace("poll_interval_ms = 100", "poll_interval_ms = 0");
+        let err = compensation_error(&zero, &[]);
+        assert!(err.contains("`compensation.poll_interval_ms`"), "{err}");
+        let backwards = COMPENSATION.replace("backoff_cap_ms = 1000", "backoff_cap_ms = 100");
+        let err = compensation_error(&backwards, &[]);
+        assert!(err.contains("compensation.backoff"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod cursor;
 mod database;
 mod dead;
 mod demo;
+mod executor;
 mod http;
 mod migrate;
 mod output;

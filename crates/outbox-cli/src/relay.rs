@@ -1,6 +1,8 @@
 //! `outbox relay`: the relay daemon. One relay per outbox table the routes name,
 //! publishing to the configured broker, with backlog gauges, a Prometheus endpoint and
-//! graceful shutdown on SIGTERM / SIGINT.
+//! graceful shutdown on SIGTERM / SIGINT. With a `[compensation]` section it also runs
+//! a compensation worker on the same database, retrying failed batch items through the
+//! configured command ([`crate::executor`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,12 +14,13 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use outbox_domain::RouteRegistry;
 use outbox_ports::{MessageStore, Publisher};
-use outbox_runtime::Relay;
-use outbox_sea_orm::{RoutedOutbox, StoreConfig};
+use outbox_runtime::{CompensationHandle, CompensationWorker, Relay};
+use outbox_sea_orm::{RoutedOutbox, SeaOrmCompensationStore, StoreConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{self, BrokerSection, Checked};
+use crate::config::{self, BrokerSection, Checked, CompensationSettings};
+use crate::executor::CommandExecutor;
 use crate::http;
 
 /// Options of `outbox relay`.
@@ -67,13 +70,14 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         file,
         registry,
         relay,
+        compensation,
     } = checked;
     let metrics_addr = args.metrics_addr.or(file.metrics_addr);
     let metrics = recorder()?;
 
     let db = crate::database::connect(&file.database_url).await?;
     let outbox = RoutedOutbox::new(
-        db,
+        db.clone(),
         registry.clone(),
         StoreConfig::default().with_max_attempts(relay.backoff.max_attempts()),
     )?;
@@ -109,20 +113,46 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         relays.push(Relay::new(store, publisher.clone(), config)?.spawn(shutdown.child_token()));
         info!(%table, "relay started");
     }
+    let compensation = compensation.map(|settings| {
+        let worker = Compensation::spawn(db, settings, shutdown.child_token());
+        info!("compensation worker started");
+        worker
+    });
     println!(
-        "relaying {} table(s) as {}; stop with SIGTERM or Ctrl-C",
+        "relaying {} table(s) as {}{}; stop with SIGTERM or Ctrl-C",
         relays.len(),
-        relay.relay_id
+        relay.relay_id,
+        if compensation.is_some() {
+            ", with a compensation worker"
+        } else {
+            ""
+        }
     );
 
     wait_for_signal().await?;
     println!("stopping: finishing the batches in flight");
-    let mut drained = true;
-    for handle in relays {
-        drained &= handle.shutdown().await;
-    }
+    let drained = async {
+        let mut drained = true;
+        for handle in relays {
+            drained &= handle.shutdown().await;
+        }
+        drained
+    };
+    let compensation_stopped = async {
+        match compensation {
+            Some(worker) => worker.stop(relay.drain_timeout).await,
+            None => true,
+        }
+    };
+    let (drained, compensation_stopped) = tokio::join!(drained, compensation_stopped);
     shutdown.cancel();
     let _ = stats.await;
+    if !compensation_stopped {
+        warn!(
+            "a compensation command was still running after the drain timeout and is \
+             killed; its item is retried once its reservation ends"
+        );
+    }
     if drained {
         println!("stopped: every batch in flight was settled");
     } else {
@@ -130,6 +160,45 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         println!("stopped: some batches were cut off and will be redelivered");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's compensation worker and the executor it runs commands through.
+struct Compensation {
+    handle: CompensationHandle,
+    executor: Arc<CommandExecutor>,
+}
+
+impl Compensation {
+    /// Runs a [`CompensationWorker`] on `db` until `shutdown`.
+    fn spawn(
+        db: sea_orm::DatabaseConnection,
+        settings: CompensationSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let executor = Arc::new(
+            CommandExecutor::new(&settings.command, settings.timeout)
+                .expect("config::load checked that the command is not empty")
+                .with_shutdown(shutdown.clone()),
+        );
+        let store = Arc::new(SeaOrmCompensationStore::new(db));
+        let handle =
+            CompensationWorker::new(store, executor.clone(), settings.worker).spawn(shutdown);
+        Self { handle, executor }
+    }
+
+    /// Stops the worker: it starts no new attempt, and the one running (if any) may
+    /// finish within `bound`. Items it claimed and did not try stay reserved until
+    /// their reservation ends, then any worker retries them. False when an attempt
+    /// was cut off by `bound` (the command is killed when the process exits).
+    async fn stop(self, bound: Duration) -> bool {
+        tokio::select! {
+            // The round ended (or the worker was idle).
+            () = self.handle.shutdown() => true,
+            // The worker waits before its next attempt, forever: nothing runs.
+            () = self.executor.parked() => true,
+            () = tokio::time::sleep(bound) => false,
+        }
+    }
 }
 
 /// The Prometheus recorder: latencies and batch sizes as histograms with buckets (so

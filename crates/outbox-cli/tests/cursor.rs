@@ -11,7 +11,7 @@ mod common;
 use admin::{fails, json, message, migrate, ok, store};
 use chrono::Utc;
 use common::{Server, block_on, outbox, temp_dir};
-use outbox_ports::{CursorPosition, CursorStore, MessageStore, OutboxLog};
+use outbox_ports::{CursorPosition, CursorStore, MessageStore};
 use outbox_sea_orm::SeaOrmCursorStore;
 use outbox_test_support::conformance::log::settled;
 use serde_json::Value;

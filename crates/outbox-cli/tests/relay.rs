@@ -2,6 +2,8 @@
 //! broker (`cargo xtask test` builds the CLI with its `kafka` feature and starts both):
 //! the metrics endpoint shows the backlog draining to zero, SIGTERM exits 0 with nothing
 //! lost and nothing left claimed, and a bad configuration fails fast naming its key.
+//! With a `[compensation]` section the daemon also retries compensation items through
+//! the configured command, by its exit code.
 
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used)] // a test should panic on an unexpected error
@@ -311,6 +313,186 @@ fn mark_published_without_broker(database_url: &str, config: &str) -> String {
     })
 }
 
+/// The compensation command of the test: records each call (operation type and the
+/// payload it read), then succeeds (`refund`), asks for a retry the first time and
+/// succeeds the second (`reship`, counted in a file), hangs (`slow`, writing its pid
+/// first), or refuses for good (the rest).
+const COMPENSATE_SH: &str = r#"
+dir=$(dirname "$0")
+payload=$(cat)
+echo "$OUTBOX_OPERATION_TYPE $payload" >> "$dir/calls"
+case "$OUTBOX_OPERATION_TYPE" in
+  refund) exit 0 ;;
+  reship)
+    n=$(cat "$dir/reship.count" 2>/dev/null || echo 0)
+    echo $((n + 1)) > "$dir/reship.count"
+    if [ "$n" -eq 0 ]; then echo "warehouse busy" >&2; exit 75; fi
+    exit 0 ;;
+  slow) echo $$ > "$dir/slow.pid"; exec sleep 60 ;;
+  *) echo "account closed" >&2; exit 3 ;;
+esac
+"#;
+
+#[test]
+fn the_daemon_runs_compensation_through_the_command() {
+    use outbox_domain::{CompensationStatus, ErrorText, NewCompensationItem};
+    use outbox_ports::CompensationStore;
+    use outbox_sea_orm::SeaOrmCompensationStore;
+
+    let Some(db) = Server::Postgres.fresh_database("relay_compensation") else {
+        return;
+    };
+    let dir = temp_dir("relay_compensation");
+    let script = dir.join("compensate.sh");
+    std::fs::write(&script, COMPENSATE_SH).unwrap();
+    let topic = format!("orders.compensation.{}", uuid::Uuid::new_v4().simple());
+    let section = format!(
+        "[compensation]\ncommand = [\"/bin/sh\", \"{}\"]\ntimeout_ms = 5000\n\
+         poll_interval_ms = 50\nreserve_ms = 10000\nbackoff_base_ms = 100\n\
+         backoff_cap_ms = 200\n\n[broker]",
+        script.display()
+    );
+    let text = config(&db.url, &bootstrap(), &topic)
+        .replace("[relay]\n", "[relay]\ndrain_timeout_ms = 1000\n")
+        .replace("[broker]", &section);
+    let path = dir.join("outbox.toml");
+    std::fs::write(&path, &text).unwrap();
+    let run = outbox(&["migrate", "up", "--database-url", &db.url]);
+    assert!(run.ok(), "{run}");
+    enqueue(&db.url, &text, 3);
+    let record = |ops: &[&str]| {
+        block_on(async {
+            let store =
+                SeaOrmCompensationStore::new(outbox_sea_orm::connect(&db.url).await.unwrap());
+            let items = (0..)
+                .zip(ops)
+                .map(|(index, op)| NewCompensationItem {
+                    batch_id: format!("b-{op}"),
+                    operation_type: (*op).into(),
+                    item_index: index,
+                    payload: serde_json::json!({ "order": index }),
+                    failure_reason: ErrorText::new("gateway timeout"),
+                })
+                .collect();
+            store.record(items, 3, chrono::Utc::now()).await.unwrap()
+        })
+    };
+    let ids = record(&["refund", "reship", "cancel"]);
+    let get = |ids: &[uuid::Uuid]| {
+        block_on(async {
+            let store =
+                SeaOrmCompensationStore::new(outbox_sea_orm::connect(&db.url).await.unwrap());
+            let mut items = Vec::new();
+            for id in ids {
+                items.push(store.get(*id).await.unwrap().unwrap());
+            }
+            items
+        })
+    };
+
+    let daemon = Daemon::start(&path);
+    let started = Instant::now();
+    let items = loop {
+        let items = get(&ids);
+        let statuses: Vec<_> = items.iter().map(|i| i.status).collect();
+        if statuses
+            == [
+                CompensationStatus::Resolved,
+                CompensationStatus::Resolved,
+                CompensationStatus::ManualRequired,
+            ]
+        {
+            break items;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "statuses {statuses:?}; calls:\n{}",
+            std::fs::read_to_string(dir.join("calls")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // One attempt each, two for the one that asked for a retry (recorded as one).
+    assert_eq!(
+        items.iter().map(|i| i.retry_count).collect::<Vec<_>>(),
+        [0, 1, 1]
+    );
+    let reason = items[2].failure_reason.as_str();
+    assert!(
+        reason.contains("exited with 3") && reason.contains("account closed"),
+        "{reason}"
+    );
+    let calls = std::fs::read_to_string(dir.join("calls")).unwrap();
+    let mut calls: Vec<&str> = calls.lines().collect();
+    calls.sort_unstable();
+    assert_eq!(
+        calls,
+        [
+            r#"cancel {"order":2}"#,
+            r#"refund {"order":0}"#,
+            r#"reship {"order":1}"#,
+            r#"reship {"order":1}"#,
+        ]
+    );
+    // The worker's counters, on the daemon's /metrics (incremented just after each
+    // item is written, so they may trail the table by a moment).
+    let count = |d: &Daemon, name: &str, operation: &str| {
+        d.metric(
+            &format!("outbox_compensation_{name}_total"),
+            &format!("operation=\"{operation}\""),
+        )
+    };
+    daemon.wait_until("the compensation counters", Duration::from_secs(5), |d| {
+        count(d, "resolved", "refund") == Some(1.0)
+            && count(d, "resolved", "reship") == Some(1.0)
+            && count(d, "manual_required", "cancel") == Some(1.0)
+            && count(d, "retried", "reship") == Some(2.0)
+    });
+    assert_eq!(count(&daemon, "resolved", "cancel"), None);
+    // The relay runs alongside.
+    let labels = format!("service=\"orders\",topic=\"{topic}\"");
+    daemon.wait_until("the 3 messages published", Duration::from_secs(30), |d| {
+        d.metric("outbox_published_total", &labels) == Some(3.0)
+    });
+
+    // SIGTERM while a command runs: the daemon waits for it up to the drain timeout,
+    // then exits 0 and the command is killed; the item is left for a later attempt.
+    let slow = record(&["slow"]);
+    let pid_file = dir.join("slow.pid");
+    let started = Instant::now();
+    while !pid_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "`slow` never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // the pid is written
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let stopping = Instant::now();
+    assert_eq!(daemon.terminate(), Some(0), "a graceful stop exits 0");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+    // Gone, or a zombie waiting for a reaper the container may not have.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the command outlived the daemon: {stat}"
+    );
+    let slow = &get(&slow)[0];
+    assert_eq!(
+        (slow.status, slow.retry_count),
+        (CompensationStatus::Pending, 0),
+        "{slow:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_bad_configuration_fails_fast_naming_the_key() {
     let dir = temp_dir("relay_bad_config");
@@ -332,6 +514,15 @@ fn a_bad_configuration_fails_fast_naming_the_key() {
             good.replace("orders_outbox", "orders; drop table x"),
             None,
             "services",
+        ),
+        (
+            good.replace(
+                "[broker]",
+                "[compensation]\ncommand = [\"/bin/true\"]\ntimeout_ms = 5000\n\
+                 reserve_ms = 5000\n\n[broker]",
+            ),
+            None,
+            "compensation.reserve_ms",
         ),
     ] {
         std::fs::write(&path, text).unwrap();
