@@ -15,7 +15,9 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use outbox_domain::RouteRegistry;
 use outbox_ports::{MessageStore, Publisher};
 use outbox_runtime::{CompensationHandle, CompensationWorker, Relay};
-use outbox_sea_orm::{RoutedOutbox, SeaOrmCompensationStore, StoreConfig};
+use outbox_sea_orm::{
+    PgWakeListener, RoutedOutbox, SeaOrmCompensationStore, SeaOrmCursorStore, StoreConfig,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -97,8 +99,21 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         .await?;
         println!("metrics listening on {bound}");
     }
+    let cursors = file
+        .cursors
+        .iter()
+        .filter_map(|c| {
+            let table = registry
+                .services()
+                .find(|s| s.name.to_string() == c.service)?
+                .table
+                .clone();
+            Some((c.name.clone(), table))
+        })
+        .collect();
     let stats = tokio::spawn(poll_stats(
         outbox.clone(),
+        cursors,
         Duration::from_millis(file.stats_interval_ms),
         metrics.clone(),
         ready,
@@ -106,12 +121,28 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     ));
 
     let mut relays = Vec::new();
+    let mut listeners = Vec::new();
+    let listen = file.relay.listen.unwrap_or(true)
+        && db.get_database_backend() == sea_orm::DbBackend::Postgres;
     for (table, store) in outbox.stores() {
         let mut config = relay.clone();
         config.relay_id = format!("{}/{table}", relay.relay_id);
-        let store: Arc<dyn MessageStore> = Arc::new(store.clone());
-        relays.push(Relay::new(store, publisher.clone(), config)?.spawn(shutdown.child_token()));
-        info!(%table, "relay started");
+        let handle = Relay::new(
+            Arc::new(store.clone()) as Arc<dyn MessageStore>,
+            publisher.clone(),
+            config,
+        )?
+        .spawn(shutdown.child_token());
+        if listen {
+            // Writers that commit through `SeaOrmStore::commit` with a `PgNotifier` wake
+            // this relay at once; without it, the adaptive poll finds their messages.
+            match PgWakeListener::spawn(store.connection(), table, Arc::new(handle.waker())).await {
+                Ok(listener) => listeners.push(listener),
+                Err(e) => warn!(%table, error = %e, "no LISTEN wake-ups; polling only"),
+            }
+        }
+        relays.push(handle);
+        info!(%table, listen, "relay started");
     }
     let compensation = compensation.map(|settings| {
         let worker = Compensation::spawn(db, settings, shutdown.child_token());
@@ -239,10 +270,31 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets the lag gauges of the cursor `name` over `table` (nothing while it does not
+/// exist).
+async fn cursor_lag(
+    outbox: &RoutedOutbox,
+    name: &str,
+    table: &outbox_domain::Identifier,
+) -> anyhow::Result<()> {
+    use outbox_ports::{CursorStore, OutboxLog};
+    let Some((_, store)) = outbox.stores().find(|(t, _)| *t == table) else {
+        return Ok(());
+    };
+    let cursors = SeaOrmCursorStore::new(store.connection().clone());
+    let Some(cursor) = cursors.load(name).await? else {
+        return Ok(());
+    };
+    let lag = store.lag(&cursor.position).await?;
+    outbox_runtime::cursor_metrics::record_lag(name, &lag, chrono::Utc::now());
+    Ok(())
+}
+
 /// Refreshes the backlog gauges of every table until `shutdown`; `ready` says whether
 /// the last poll reached the database.
 async fn poll_stats(
     outbox: RoutedOutbox,
+    cursors: Vec<(String, outbox_domain::Identifier)>,
     every: Duration,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -281,6 +333,11 @@ async fn poll_stats(
                     ok = false;
                     warn!(error = %e, "could not read the outbox statistics");
                 }
+            }
+        }
+        for (name, table) in &cursors {
+            if let Err(e) = cursor_lag(&outbox, name, table).await {
+                warn!(cursor = %name, error = %e, "could not measure the cursor's lag");
             }
         }
         ready.store(ok, Ordering::Release);

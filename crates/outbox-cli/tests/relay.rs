@@ -31,6 +31,10 @@ poll_interval_ms = 50
 kind = "kafka"
 bootstrap_servers = "{bootstrap}"
 
+[[cursors]]
+name = "audit"
+service = "orders"
+
 [[services]]
 name = "orders"
 table = "orders_outbox"
@@ -203,6 +207,21 @@ fn the_backlog_drains_and_sigterm_stops_without_loss() {
     let path = dir.join("outbox.toml");
     std::fs::write(&path, &text).unwrap();
     enqueue(&db.url, &text, 500);
+    // A named cursor at the start of the log, which nobody moves: its lag is the log.
+    block_on(async {
+        use outbox_ports::{CursorStore, OutboxLog};
+        let conn = outbox_sea_orm::connect(&db.url).await.unwrap();
+        let table = outbox_domain::Identifier::parse("table", "orders_outbox").unwrap();
+        let log = outbox_sea_orm::SeaOrmStore::new(
+            conn.clone(),
+            outbox_sea_orm::StoreConfig::default().with_table(table),
+        )
+        .unwrap();
+        outbox_sea_orm::SeaOrmCursorStore::new(conn)
+            .save("audit", log.start(), None, chrono::Utc::now())
+            .await
+            .unwrap();
+    });
 
     let daemon = Daemon::start(&path);
     assert_eq!(daemon.get("/healthz").0, 200);
@@ -216,6 +235,14 @@ fn the_backlog_drains_and_sigterm_stops_without_loss() {
     });
     assert_eq!(daemon.get("/readyz").0, 200);
     assert!(daemon.metric("outbox_oldest_unsent_age_seconds", &labels) == Some(0.0));
+    daemon.wait_until("the cursor's lag", Duration::from_secs(10), |d| {
+        d.metric("outbox_cursor_lag_entries", "cursor=\"audit\"") == Some(500.0)
+    });
+    assert!(
+        daemon
+            .metric("outbox_cursor_lag_seconds", "cursor=\"audit\"")
+            .is_some_and(|s| s >= 0.0)
+    );
     let (_, body) = daemon.get("/metrics");
     for histogram in [
         "outbox_publish_duration_seconds",
