@@ -40,24 +40,9 @@ fn seed(url: &str, dir: &std::path::Path) -> Vec<String> {
         .await
         .unwrap();
         let entries = settled(&s, 10).await;
-        let claimed = s
-            .claim(&outbox_ports::ClaimRequest {
-                owner: "test".into(),
-                limit: 2,
-                lease_for: std::time::Duration::from_secs(60),
-                now: Utc::now(),
-            })
+        outbox_test_support::mark_published(&s, "test", 2, Utc::now())
             .await
             .unwrap();
-        let published = claimed
-            .iter()
-            .map(|c| outbox_ports::Settlement {
-                id: c.message.id,
-                token: c.lease.token,
-                disposition: outbox_ports::Disposition::Published,
-            })
-            .collect();
-        s.settle(published, Utc::now()).await.unwrap();
         settled(&o, 10).await;
         entries.into_iter().map(|e| e.position.0).collect()
     })

@@ -9,6 +9,7 @@ use common::{Run, Server, outbox, sql, temp_dir};
 
 const MIGRATION: &str = "m20261121_000001_create_outbox_tables";
 const DEAD_LETTERS: &str = "m20261121_000002_create_consumer_dead_letters";
+const LOG_POSITIONS: &str = "m20261122_000003_outbox_log_positions";
 
 fn migrate(url: &str, args: &[&str]) -> Run {
     let mut all = vec!["migrate"];
@@ -19,11 +20,13 @@ fn migrate(url: &str, args: &[&str]) -> Run {
     run
 }
 
-/// `outbox migrate status` reports `first` for the first migration and `second` for
-/// the second.
-fn assert_status(url: &str, first: &str, second: &str) {
+/// `outbox migrate status` reports `statuses` for the three migrations, in order.
+fn assert_status(url: &str, statuses: [&str; 3]) {
     let run = migrate(url, &["status"]);
-    for (migration, status) in [(MIGRATION, first), (DEAD_LETTERS, second)] {
+    for (migration, status) in [MIGRATION, DEAD_LETTERS, LOG_POSITIONS]
+        .into_iter()
+        .zip(statuses)
+    {
         assert!(
             run.stdout.contains(&format!("{migration}  {status}\n")),
             "expected {migration} {status}:\n{run}"
@@ -34,15 +37,15 @@ fn assert_status(url: &str, first: &str, second: &str) {
 /// status → up → status → down (twice) → status → up one step, an application table,
 /// fresh.
 fn up_down_status_fresh(url: &str) {
-    assert_status(url, "Pending", "Pending");
+    assert_status(url, ["Pending"; 3]);
     let run = migrate(url, &["up"]);
-    for migration in [MIGRATION, DEAD_LETTERS] {
+    for migration in [MIGRATION, DEAD_LETTERS, LOG_POSITIONS] {
         assert!(
             run.stdout.contains(&format!("applied      {migration}")),
             "{run}"
         );
     }
-    assert_status(url, "Applied", "Applied");
+    assert_status(url, ["Applied"; 3]);
     sql(url, "SELECT 1 FROM outbox_messages").expect("up creates the outbox table");
     sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").expect("and the dead letters");
 
@@ -51,10 +54,17 @@ fn up_down_status_fresh(url: &str) {
 
     let run = migrate(url, &["down"]);
     assert!(
-        run.stdout.contains(&format!("rolled back  {DEAD_LETTERS}")),
+        run.stdout
+            .contains(&format!("rolled back  {LOG_POSITIONS}")),
         "down rolls back one step: {run}"
     );
-    assert_status(url, "Applied", "Pending");
+    assert_status(url, ["Applied", "Applied", "Pending"]);
+    let run = migrate(url, &["down"]);
+    assert!(
+        run.stdout.contains(&format!("rolled back  {DEAD_LETTERS}")),
+        "{run}"
+    );
+    assert_status(url, ["Applied", "Pending", "Pending"]);
     assert!(sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").is_err());
     sql(url, "SELECT 1 FROM outbox_messages").expect("the first migration stays");
     let run = migrate(url, &["down"]);
@@ -62,7 +72,7 @@ fn up_down_status_fresh(url: &str) {
         run.stdout.contains(&format!("rolled back  {MIGRATION}")),
         "{run}"
     );
-    assert_status(url, "Pending", "Pending");
+    assert_status(url, ["Pending"; 3]);
     assert!(
         sql(url, "SELECT 1 FROM outbox_messages").is_err(),
         "down drops the outbox table"
@@ -74,10 +84,10 @@ fn up_down_status_fresh(url: &str) {
     let run = migrate(url, &["fresh"]);
     assert!(
         run.stdout
-            .contains("rolled back and re-applied 1 migration(s), applied 1 pending one(s)"),
+            .contains("rolled back and re-applied 1 migration(s), applied 2 pending one(s)"),
         "{run}"
     );
-    assert_status(url, "Applied", "Applied");
+    assert_status(url, ["Applied"; 3]);
     sql(url, "SELECT 1 FROM outbox_messages").expect("fresh re-creates the outbox table");
     sql(url, "DELETE FROM app_rows WHERE id = 7").expect("fresh keeps the application's table");
 }

@@ -310,25 +310,11 @@ fn mark_published_without_broker(database_url: &str, config: &str) -> String {
         )
         .unwrap();
         loop {
-            let claimed = store
-                .claim(&outbox_ports::ClaimRequest {
-                    owner: "ghost".into(),
-                    limit: 100,
-                    lease_for: Duration::from_secs(30),
-                    now: chrono::Utc::now(),
-                })
-                .await
-                .unwrap();
+            let claimed =
+                outbox_test_support::mark_published(&store, "ghost", 100, chrono::Utc::now())
+                    .await
+                    .unwrap();
             let last = claimed.iter().max_by_key(|c| c.seq).map(|c| c.message.id);
-            let settlements = claimed
-                .iter()
-                .map(|c| outbox_ports::Settlement {
-                    id: c.message.id,
-                    token: c.lease.token,
-                    disposition: outbox_ports::Disposition::Published,
-                })
-                .collect();
-            store.settle(settlements, chrono::Utc::now()).await.unwrap();
             // The newest message is the ghost; older pending ones are settled too, so
             // they are reported missing as well, which is fine: none reached a broker.
             if let Some(id) = last

@@ -30,6 +30,7 @@ mod memory_consumer;
 mod memory_inbox;
 mod memory_publisher;
 mod memory_store;
+mod publish;
 #[cfg(feature = "sea-orm")]
 mod sql_database;
 #[cfg(feature = "sea-orm")]
@@ -43,6 +44,7 @@ pub use memory_consumer::{InMemoryDeadLetters, InMemorySource};
 pub use memory_inbox::{InMemoryCursorStore, InMemoryInbox, MemoryTx};
 pub use memory_publisher::InMemoryPublisher;
 pub use memory_store::InMemoryStore;
+pub use publish::mark_published;
 #[cfg(feature = "sea-orm")]
 pub use sql_database::{POSTGRES_URL_VAR, fresh_postgres, scalar};
 #[cfg(feature = "sea-orm")]

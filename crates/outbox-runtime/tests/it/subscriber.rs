@@ -155,24 +155,7 @@ async fn a_new_cursor_starts_where_configured() {
     let store = InMemoryStore::new();
     let ids = enqueue(&store, 3).await;
     // Publish the first message, so the earliest unfinished is the second.
-    let claimed = store
-        .claim(&outbox_ports::ClaimRequest {
-            owner: "r".into(),
-            limit: 1,
-            lease_for: Duration::from_secs(30),
-            now: ManualClock::fixed().now(),
-        })
-        .await
-        .unwrap();
-    store
-        .settle(
-            vec![outbox_ports::Settlement {
-                id: claimed[0].message.id,
-                token: claimed[0].lease.token,
-                disposition: outbox_ports::Disposition::Published,
-            }],
-            ManualClock::fixed().now(),
-        )
+    outbox_test_support::mark_published(&store, "r", 1, ManualClock::fixed().now())
         .await
         .unwrap();
     for (start, expected) in [
