@@ -308,7 +308,7 @@ fn check(file: DaemonConfig) -> anyhow::Result<Checked> {
         }
         if !registry
             .services()
-            .any(|s| s.name.to_string() == cursor.service)
+            .any(|s| s.name.as_str() == cursor.service)
         {
             bail!(
                 "configuration key `cursors[{i}].service`: no service `{}` is declared in \

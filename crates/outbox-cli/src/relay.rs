@@ -99,16 +99,14 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         .await?;
         println!("metrics listening on {bound}");
     }
+    // Each watched cursor with the store of the table it reads (the configuration
+    // check made sure its service is declared).
     let cursors = file
         .cursors
         .iter()
         .filter_map(|c| {
-            let table = registry
-                .services()
-                .find(|s| s.name.to_string() == c.service)?
-                .table
-                .clone();
-            Some((c.name.clone(), table))
+            let store = outbox.store_for(&c.service)?.clone();
+            Some((c.name.clone(), store))
         })
         .collect();
     let stats = tokio::spawn(poll_stats(
@@ -270,17 +268,10 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets the lag gauges of the cursor `name` over `table` (nothing while it does not
-/// exist).
-async fn cursor_lag(
-    outbox: &RoutedOutbox,
-    name: &str,
-    table: &outbox_domain::Identifier,
-) -> anyhow::Result<()> {
+/// Sets the lag gauges of the cursor `name` over `store`'s table (nothing while the
+/// cursor does not exist).
+async fn cursor_lag(store: &outbox_sea_orm::SeaOrmStore, name: &str) -> anyhow::Result<()> {
     use outbox_ports::{CursorStore, OutboxLog};
-    let Some((_, store)) = outbox.stores().find(|(t, _)| *t == table) else {
-        return Ok(());
-    };
     let cursors = SeaOrmCursorStore::new(store.connection().clone());
     let Some(cursor) = cursors.load(name).await? else {
         return Ok(());
@@ -294,7 +285,7 @@ async fn cursor_lag(
 /// the last poll reached the database.
 async fn poll_stats(
     outbox: RoutedOutbox,
-    cursors: Vec<(String, outbox_domain::Identifier)>,
+    cursors: Vec<(String, outbox_sea_orm::SeaOrmStore)>,
     every: Duration,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     ready: Arc<AtomicBool>,
@@ -335,8 +326,8 @@ async fn poll_stats(
                 }
             }
         }
-        for (name, table) in &cursors {
-            if let Err(e) = cursor_lag(&outbox, name, table).await {
+        for (name, store) in &cursors {
+            if let Err(e) = cursor_lag(store, name).await {
                 warn!(cursor = %name, error = %e, "could not measure the cursor's lag");
             }
         }

@@ -115,13 +115,25 @@ impl SeaOrmStore {
         }
     }
 
-    /// The columns that make up a position, and the log order.
-    fn position_columns(&self) -> (&'static str, &'static str) {
+    /// The columns a position is read from besides `seq` (with a leading comma), and
+    /// the columns of the log order.
+    fn position_columns(&self) -> (&'static str, &'static [&'static str]) {
         match self.dialect {
-            Dialect::Postgres => ("log_xid::text AS log_xid, seq", "log_xid, seq"),
-            Dialect::MySql => ("log_seq", "log_seq"),
-            Dialect::Sqlite => ("seq", "seq"),
+            Dialect::Postgres => (", log_xid::text AS log_xid", &["log_xid", "seq"]),
+            Dialect::MySql => (", log_seq", &["log_seq"]),
+            Dialect::Sqlite => ("", &["seq"]),
         }
+    }
+
+    /// `ORDER BY` text of the log order, ascending or descending.
+    fn log_order(&self, descending: bool) -> String {
+        let direction = if descending { " DESC" } else { "" };
+        self.position_columns()
+            .1
+            .iter()
+            .map(|c| format!("{c}{direction}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `AND <the row may be read now>`: stamped (MySQL), or below the snapshot's xmin
@@ -150,22 +162,14 @@ impl SeaOrmStore {
 
     /// The first or last readable position satisfying `filter`.
     async fn edge(&self, filter: &str, last: bool) -> StoreResult<Option<Pos>> {
-        let (columns, order) = self.position_columns();
-        let order = if last {
-            order
-                .split(", ")
-                .map(|c| format!("{c} DESC"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        } else {
-            order.to_owned()
-        };
         let sql = Sql::new(
             self.dialect,
             format!(
-                "SELECT {columns} FROM {} WHERE 1 = 1{}{filter} ORDER BY {order} LIMIT 1",
+                "SELECT seq{} FROM {} WHERE 1 = 1{}{filter} ORDER BY {} LIMIT 1",
+                self.position_columns().0,
                 self.table(),
-                self.readable()
+                self.readable(),
+                self.log_order(last)
             ),
         );
         self.db
@@ -317,22 +321,17 @@ impl OutboxLog for SeaOrmStore {
             return Ok(LogBatch::default());
         }
         self.stamp(limit.max(STAMP_BATCH)).await?;
-        let (columns, order) = self.position_columns();
-        let extra = if self.dialect == Dialect::Sqlite {
-            String::new()
-        } else {
-            format!(", {columns}")
-        };
         let mut sql = Sql::new(
             self.dialect,
             format!(
-                "SELECT {ALL_COLUMNS}{extra} FROM {} WHERE 1 = 1{}",
+                "SELECT {ALL_COLUMNS}{} FROM {} WHERE 1 = 1{}",
+                self.position_columns().0,
                 self.table(),
                 self.readable()
             ),
         );
         self.push_after(&mut sql, after);
-        sql.push(&format!(" ORDER BY {order} LIMIT "))
+        sql.push(&format!(" ORDER BY {} LIMIT ", self.log_order(false)))
             .bind(limit_value(limit));
         let rows = self.db.query_all_raw(sql.build()).await.map_err(db_error)?;
         let mut entries = Vec::with_capacity(rows.len());
@@ -378,7 +377,6 @@ impl OutboxLog for SeaOrmStore {
         let after = self.parse(&after.0)?;
         let t = self.table();
         let cap = Value::BigInt(Some(i64::try_from(LogLag::COUNT_CAP).unwrap_or(i64::MAX)));
-        let (_, order) = self.position_columns();
         // Rows after the position (PostgreSQL: readable or not), then MySQL's
         // unstamped rows, which come after every stamped one.
         let mut count = Sql::new(
@@ -392,7 +390,7 @@ impl OutboxLog for SeaOrmStore {
             format!("SELECT created_at FROM {t} WHERE 1 = 1"),
         );
         self.push_after(&mut oldest, after);
-        oldest.push(&format!(" ORDER BY {order} LIMIT 1"));
+        oldest.push(&format!(" ORDER BY {} LIMIT 1", self.log_order(false)));
         let mut entries = self.count(count).await?;
         let mut oldest_at = self.created_at(oldest).await?;
         if self.dialect == Dialect::MySql {

@@ -2,11 +2,9 @@
 //! order (and roll back), the long-transaction hold-back on PostgreSQL, and a naive
 //! position reader, written only here, that does lose rows on the same workload.
 
-use crate::{Backend, fresh_db_url};
-use chrono::Utc;
-use outbox_domain::{MessageId, OutboxMessage, Payload};
+use crate::{Backend, fresh_db_url, order_message, store_at};
+use outbox_domain::MessageId;
 use outbox_ports::{CursorPosition, ListFilter, MessageStore, OutboxLog, StoreError};
-use outbox_sea_orm::{SeaOrmStore, StoreConfig};
 use outbox_test_support::conformance::log::settled;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sea_orm::TransactionTrait;
@@ -15,22 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-async fn store(url: &str) -> SeaOrmStore {
-    let db = outbox_sea_orm::connect(url).await.unwrap();
-    SeaOrmStore::new(db, StoreConfig::default()).unwrap()
-}
-
-fn message(key: &str, n: usize) -> OutboxMessage {
-    OutboxMessage::new(
-        "orders",
-        "order.changed",
-        "orders.events",
-        key,
-        Payload::Json(serde_json::json!({ "n": n })),
-        Utc::now(),
-    )
-}
-
 /// 8 writers hold transactions open for random times and roll back one in five, while
 /// a cursor reads the log in small pages and checkpoints after each. It reads every
 /// committed message exactly once and no rolled-back one.
@@ -38,7 +20,7 @@ async fn a_cursor_never_skips_a_late_commit(backend: Backend) {
     const WRITERS: u64 = 8;
     const TXNS: usize = 20;
     let url = fresh_db_url(backend, "log_gap_safe").await;
-    let reader = store(&url).await;
+    let reader = store_at(&url).await;
     let done = Arc::new(AtomicBool::new(false));
     let cursor = {
         let done = done.clone();
@@ -63,14 +45,14 @@ async fn a_cursor_never_skips_a_late_commit(backend: Backend) {
     };
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let store = store(&url).await;
+        let store = store_at(&url).await;
         writers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(w);
             let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
             for n in 0..TXNS {
                 let txn = store.connection().begin().await.unwrap();
                 let messages = (0..rng.random_range(1..4))
-                    .map(|i| message(&format!("w{w}"), n * 10 + i))
+                    .map(|i| order_message(&format!("w{w}"), n * 10 + i))
                     .collect();
                 let ids = store.enqueue_in(&txn, messages).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
@@ -110,17 +92,17 @@ async fn a_cursor_never_skips_a_late_commit(backend: Backend) {
 /// The log on the same two transactions skips nothing.
 async fn a_naive_position_reader_loses_what_the_log_keeps(backend: Backend) {
     let url = fresh_db_url(backend, "log_naive").await;
-    let writer = store(&url).await;
-    let reader = store(&url).await;
+    let writer = store_at(&url).await;
+    let reader = store_at(&url).await;
 
     let slow = writer.connection().begin().await.unwrap();
     let late = writer
-        .enqueue_in(&slow, vec![message("a", 1)])
+        .enqueue_in(&slow, vec![order_message("a", 1)])
         .await
         .unwrap()[0];
     let fast = writer.connection().begin().await.unwrap();
     let early = writer
-        .enqueue_in(&fast, vec![message("b", 2)])
+        .enqueue_in(&fast, vec![order_message("b", 2)])
         .await
         .unwrap()[0];
     fast.commit().await.unwrap();
@@ -182,13 +164,13 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_transaction_holds_readers_back_visibly() {
         let url = fresh_db_url(Backend::Postgres, "log_held_back").await;
-        let writer = store(&url).await;
+        let writer = store_at(&url).await;
         let long = writer.connection().begin().await.unwrap();
         let first = writer
-            .enqueue_in(&long, vec![message("a", 1)])
+            .enqueue_in(&long, vec![order_message("a", 1)])
             .await
             .unwrap()[0];
-        let second = writer.enqueue(vec![message("b", 2)]).await.unwrap()[0];
+        let second = writer.enqueue(vec![order_message("b", 2)]).await.unwrap()[0];
         for _ in 0..3 {
             let batch = writer.read(&writer.start(), 10).await.unwrap();
             assert!(
@@ -211,7 +193,7 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_position_ahead_of_the_cluster_is_refused() {
         let url = fresh_db_url(Backend::Postgres, "log_restore").await;
-        let log = store(&url).await;
+        let log = store_at(&url).await;
         let ahead = CursorPosition(format!("{}:1", u64::MAX / 2));
         match log.read(&ahead, 10).await {
             Err(StoreError::InvalidPosition(text)) => {
@@ -240,18 +222,18 @@ mod mysql {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_readers_stamp_each_row_once() {
         let url = fresh_db_url(Backend::MySql, "log_stamp_race").await;
-        let writer = store(&url).await;
+        let writer = store_at(&url).await;
         writer
             .enqueue(
                 (0..300)
-                    .map(|n| message(&format!("k{}", n % 7), n))
+                    .map(|n| order_message(&format!("k{}", n % 7), n))
                     .collect(),
             )
             .await
             .unwrap();
         let mut readers = Vec::new();
         for _ in 0..4 {
-            let log = store(&url).await;
+            let log = store_at(&url).await;
             readers.push(tokio::spawn(async move {
                 let (mut position, mut seen) = (log.start(), Vec::new());
                 loop {

@@ -119,6 +119,25 @@ pub async fn fresh_db_url(backend: Backend, case: &str) -> String {
     url
 }
 
+/// A store on the default table of the database at `url`, with a pool of its own (as
+/// another process would have).
+pub async fn store_at(url: &str) -> SeaOrmStore {
+    let db = outbox_sea_orm::connect(url).await.unwrap();
+    SeaOrmStore::new(db, StoreConfig::default()).unwrap()
+}
+
+/// An `orders` message of `key` whose payload records `n`, written now.
+pub fn order_message(key: &str, n: usize) -> outbox_domain::OutboxMessage {
+    outbox_domain::OutboxMessage::new(
+        "orders",
+        "order.changed",
+        "orders.events",
+        key,
+        outbox_domain::Payload::Json(serde_json::json!({ "n": n })),
+        chrono::Utc::now(),
+    )
+}
+
 /// A store on a fresh database.
 pub async fn fresh_store(backend: Backend, case: &str, config: StoreConfig) -> SeaOrmStore {
     SeaOrmStore::new(fresh_db(backend, case).await, config).unwrap()

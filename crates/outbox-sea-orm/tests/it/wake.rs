@@ -2,31 +2,14 @@
 //! once, and a relay in another process (another pool) through a coalesced `NOTIFY`;
 //! relays poll only hourly here, so a delivery within seconds shows the wake worked.
 
-use crate::{Backend, fresh_db_url};
-use chrono::Utc;
-use outbox_domain::{Identifier, OutboxMessage, Payload};
+use crate::{Backend, fresh_db_url, order_message, store_at};
+use outbox_domain::Identifier;
 use outbox_runtime::{CancellationToken, Relay, RelayConfig, RelayHandle};
 use outbox_sea_orm::{PgNotifier, PgWakeListener, SeaOrmStore, StoreConfig};
 use outbox_test_support::InMemoryPublisher;
 use sea_orm::TransactionTrait;
 use std::sync::Arc;
 use std::time::Duration;
-
-async fn store(url: &str) -> SeaOrmStore {
-    let db = outbox_sea_orm::connect(url).await.unwrap();
-    SeaOrmStore::new(db, StoreConfig::default()).unwrap()
-}
-
-fn message(n: usize) -> OutboxMessage {
-    OutboxMessage::new(
-        "orders",
-        "order.created",
-        "orders.events",
-        format!("k{}", n % 5),
-        Payload::Json(serde_json::json!({ "n": n })),
-        Utc::now(),
-    )
-}
 
 /// A relay that polls only hourly once idle, and waits until it is.
 async fn sleepy_relay(store: &SeaOrmStore, broker: &InMemoryPublisher) -> RelayHandle {
@@ -43,12 +26,15 @@ async fn sleepy_relay(store: &SeaOrmStore, broker: &InMemoryPublisher) -> RelayH
 async fn a_commit_wakes_the_relay_in_this_process() {
     let url = fresh_db_url(Backend::Postgres, "wake_local").await;
     let broker = InMemoryPublisher::new();
-    let relay_store = store(&url).await;
+    let relay_store = store_at(&url).await;
     let relay = sleepy_relay(&relay_store, &broker).await;
-    let writer = store(&url).await.with_waker(Arc::new(relay.waker()));
+    let writer = store_at(&url).await.with_waker(Arc::new(relay.waker()));
 
     let txn = writer.connection().begin().await.unwrap();
-    writer.enqueue_in(&txn, vec![message(0)]).await.unwrap();
+    writer
+        .enqueue_in(&txn, vec![order_message("k0", 0)])
+        .await
+        .unwrap();
     writer.commit(txn).await.unwrap();
     assert_eq!(
         broker.read_from(0, 10, Duration::from_secs(10)).await.len(),
@@ -59,7 +45,10 @@ async fn a_commit_wakes_the_relay_in_this_process() {
     // The control: committed without `commit`, nothing wakes the (idle again) relay.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let txn = writer.connection().begin().await.unwrap();
-    writer.enqueue_in(&txn, vec![message(1)]).await.unwrap();
+    writer
+        .enqueue_in(&txn, vec![order_message("k1", 1)])
+        .await
+        .unwrap();
     txn.commit().await.unwrap();
     assert!(
         broker
@@ -77,7 +66,7 @@ async fn a_notify_wakes_a_relay_in_another_process_and_is_coalesced() {
     let table = Identifier::parse("table", "outbox_messages").unwrap();
     let broker = InMemoryPublisher::new();
     // "Another process": its own pool, woken only by LISTEN.
-    let relay_store = store(&url).await;
+    let relay_store = store_at(&url).await;
     let relay = sleepy_relay(&relay_store, &broker).await;
     let _listener =
         PgWakeListener::spawn(relay_store.connection(), &table, Arc::new(relay.waker()))
@@ -95,7 +84,10 @@ async fn a_notify_wakes_a_relay_in_another_process_and_is_coalesced() {
     const COMMITS: usize = 200;
     for n in 0..COMMITS {
         let txn = writer.connection().begin().await.unwrap();
-        writer.enqueue_in(&txn, vec![message(n)]).await.unwrap();
+        writer
+            .enqueue_in(&txn, vec![order_message(&format!("k{}", n % 5), n)])
+            .await
+            .unwrap();
         writer.commit(txn).await.unwrap();
     }
     let elapsed = started.elapsed();

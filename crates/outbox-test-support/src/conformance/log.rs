@@ -10,7 +10,7 @@
 //! older transaction in the cluster has ended), so after each write the cases wait
 //! until nothing is held back ([`settled`]).
 
-use super::store::{at, claim, message, settle};
+use super::store::{at, claim, message, payload_n, settle};
 use outbox_domain::ErrorText;
 use outbox_ports::{CursorPosition, Disposition, LogEntry, MessageStore, OutboxLog, StoreError};
 
@@ -46,10 +46,7 @@ async fn read<S: OutboxLog + ?Sized>(
 fn numbers(entries: &[LogEntry]) -> Vec<u64> {
     entries
         .iter()
-        .map(|e| match &e.message.message.payload {
-            outbox_domain::Payload::Json(v) => v["n"].as_u64().unwrap_or(u64::MAX),
-            outbox_domain::Payload::Bytes { .. } => u64::MAX,
-        })
+        .map(|e| payload_n(&e.message.message))
         .collect()
 }
 

@@ -103,7 +103,7 @@ async fn status<S: MessageStore + ?Sized>(store: &S, id: MessageId) -> MessageSt
         .status
 }
 
-fn payload_n(m: &OutboxMessage) -> u64 {
+pub(crate) fn payload_n(m: &OutboxMessage) -> u64 {
     match &m.payload {
         Payload::Json(v) => v["n"].as_u64().unwrap_or(u64::MAX),
         Payload::Bytes { .. } => u64::MAX,
