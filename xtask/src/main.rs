@@ -91,8 +91,9 @@ const EXIT_UNAVAILABLE: u8 = 2;
 
 /// The `outbox` binary's broker features: off by default (they need cmake and
 /// protoc, which `outbox demo` must not), on for the tests and lints, so that
-/// `outbox relay` is built, linted and tested against the real brokers.
-const BROKER_FEATURES: &str = "outbox-cli/kafka,outbox-cli/pulsar";
+/// `outbox relay` is built, linted and tested against the real brokers; and its
+/// `failpoints` feature, for the crash-point matrix (crates/outbox-cli/tests/crash.rs).
+const BROKER_FEATURES: &str = "outbox-cli/kafka,outbox-cli/pulsar,outbox-cli/failpoints";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -60,6 +60,12 @@ pub(crate) mod gauges {
 const EXIT_CONFIG: u8 = 2;
 
 pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    // The crash-point kit (test builds only): arm the failpoint OUTBOX_CRASH_AT names.
+    #[cfg(feature = "failpoints")]
+    if let Err(e) = outbox_test_support::crash::arm_from_env() {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     // Everything that can be checked without a database or a broker, first.
     let checked = match config::load(&args.config, std::env::vars()) {
         Ok(checked) => checked,

@@ -45,8 +45,10 @@ const REPORT_GRACE: Duration = Duration::from_secs(1);
 ///   a full buffer makes `publish` wait for room (a quarter of the delivery timeout),
 ///   then report `QueueFull` (transient). A call never takes longer than
 ///   [`max_publish_time`](Self::max_publish_time).
-/// - After a fatal producer error (the idempotence guarantee could not be kept) the
-///   producer is replaced, and the messages of that batch are retried.
+/// - After a fatal producer error (the idempotence guarantee could not be kept), or a
+///   batch of which no message got through, the producer is replaced, and the messages
+///   of that batch are retried. (librdkafka's idempotent producer can wedge without a
+///   fatal error: see [`needs_new_producer`].)
 pub struct KafkaPublisher {
     config: KafkaConfig,
     producer: RwLock<Arc<FutureProducer>>,
@@ -87,7 +89,8 @@ impl KafkaPublisher {
         Arc::clone(&self.producer.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces `failed` after a fatal error; a no-op if another batch already did.
+    /// Replaces `failed` after a fatal error or a batch that got nothing through; a no-op
+    /// if another batch already did.
     fn replace_producer(&self, failed: &Arc<FutureProducer>) {
         let mut current = self
             .producer
@@ -130,6 +133,23 @@ pub(crate) fn build_producer(config: &KafkaConfig) -> Result<FutureProducer, Kaf
         .map_err(|e| KafkaConfigError::Client(e.to_string()))
 }
 
+/// Whether a batch failed in a way a fresh producer may fix: not one of its messages
+/// got through, and every failure is transient.
+///
+/// librdkafka's idempotent producer can wedge without raising a fatal error. A broker
+/// that lost its producer state (tansu after a restart, whose state is in memory)
+/// answers `UNKNOWN_PRODUCER_ID`. librdkafka then bumps its epoch locally and retries
+/// under the same producer id, which that broker rejects again, for ever: every
+/// message times out, transiently, and nothing ever gets through. A new producer asks
+/// the broker for a new producer id. During a plain outage, replacing the producer
+/// after each failed batch costs only a reconnect.
+fn needs_new_producer(outcomes: &[PublishOutcome]) -> bool {
+    !outcomes.is_empty()
+        && outcomes
+            .iter()
+            .all(|o| o.as_ref().is_err_and(PublishError::is_transient))
+}
+
 pub(crate) fn kafka_headers(headers: Vec<(String, String)>) -> OwnedHeaders {
     headers.iter().fold(
         OwnedHeaders::new_with_capacity(headers.len()),
@@ -148,6 +168,8 @@ impl Publisher for KafkaPublisher {
         let producer = self.producer();
         let payloads: Vec<_> = batch.iter().map(|m| m.payload.to_bytes()).collect();
         let wait = self.max_publish_time();
+        #[cfg(feature = "failpoints")]
+        let first_ack = &std::sync::atomic::AtomicBool::new(false);
         let sends = batch.iter().zip(&payloads).map(|(m, payload)| {
             let record = FutureRecord::to(&m.topic)
                 .key(&m.partition_key)
@@ -155,13 +177,23 @@ impl Publisher for KafkaPublisher {
                 .headers(kafka_headers(wire_headers(m)));
             let send = producer.send(record, Timeout::After(self.queue_wait()));
             async move {
-                match tokio::time::timeout(wait, send).await {
+                let outcome = match tokio::time::timeout(wait, send).await {
                     Ok(Ok(_delivery)) => Ok(()),
                     Ok(Err((e, _))) => Err(publish_error(&e)),
                     Err(_) => Err(PublishError::transient(format!(
                         "kafka: no delivery report within {wait:?}"
                     ))),
+                };
+                // Crash-point kit: the first message of a batch is on the broker, the
+                // others may or may not be.
+                #[cfg(feature = "failpoints")]
+                if batch.len() > 1
+                    && outcome.is_ok()
+                    && !first_ack.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    fail::fail_point!("kafka.mid_batch");
                 }
+                outcome
             }
         });
         let outcomes = join_all(sends).await;
@@ -170,6 +202,14 @@ impl Publisher for KafkaPublisher {
         {
             error!(?code, %reason, "fatal Kafka producer error; replacing the producer");
             self.replace_producer(&producer);
+        } else if needs_new_producer(&outcomes) {
+            warn!("no message of the batch got through; replacing the Kafka producer");
+            self.replace_producer(&producer);
+        }
+        if !Arc::ptr_eq(&producer, &self.producer()) {
+            // Dropping the last handle of a replaced producer blocks (purge, flush for
+            // up to 500 ms, destroy): not on a runtime worker.
+            tokio::task::spawn_blocking(move || drop(producer));
         }
         outcomes
     }
@@ -183,5 +223,21 @@ impl Publisher for KafkaPublisher {
             warn!(error = %e, "Kafka producer flush incomplete");
             publish_error(&e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_batch_with_nothing_through_needs_a_new_producer() {
+        let timeout = || Err(PublishError::transient("kafka: MessageTimedOut"));
+        let too_large = || Err(PublishError::permanent("kafka: MessageSizeTooLarge"));
+        assert!(needs_new_producer(&[timeout(), timeout()]));
+        assert!(!needs_new_producer(&[timeout(), Ok(())]));
+        assert!(!needs_new_producer(&[timeout(), too_large()]));
+        assert!(!needs_new_producer(&[too_large()]));
+        assert!(!needs_new_producer(&[]));
     }
 }

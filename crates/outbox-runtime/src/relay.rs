@@ -184,6 +184,8 @@ impl Relay {
         if claimed.is_empty() {
             return Ok(BatchReport::default());
         }
+        // Crash-point kit: the batch is leased and nothing is published yet.
+        fail::fail_point!("relay.after_claim");
         metrics::histogram!(relay_metrics::CLAIM_BATCH_SIZE).record(claimed.len() as f64);
         let span = info_span!("relay.batch", relay = owner, claimed = claimed.len());
         let report = self.publish_and_settle(claimed).instrument(span).await;
@@ -246,6 +248,9 @@ impl Relay {
                 "some messages were not published"
             );
         }
+        // Crash-point kit: the broker has acknowledged, the store does not know yet. A
+        // crash here is the one window where a message is delivered twice.
+        fail::fail_point!("relay.after_publish");
         match self.settle(settlements, now).await {
             Ok(lost) => report.lease_lost = lost,
             Err(e) => {

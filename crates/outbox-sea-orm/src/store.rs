@@ -901,6 +901,9 @@ impl MessageStore for SeaOrmStore {
                 .bind_list(chunk.iter().cloned());
             txn.execute_raw(sql.build()).await.map_err(db_error)?;
         }
+        // Crash-point kit: the outcomes are written but not committed; a crash rolls
+        // them back, so the published messages will be published again.
+        fail::fail_point!("store.settle_txn");
         txn.commit().await.map_err(db_error)?;
         Ok(report)
     }

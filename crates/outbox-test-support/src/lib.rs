@@ -13,6 +13,9 @@
 //!   in the inbox's database transaction and checks per-key order in SQL; and
 //!   `fresh_postgres` / `scalar` for end-to-end tests on the test server.
 //! - A [`ManualClock`] for deterministic retry and lease tests.
+//! - The **crash-point kit** ([`crash`]): named failpoints, arming them in a relay
+//!   process (feature `crash`), running it until it dies there, and the invariants to
+//!   check on what the consumer received.
 //! - The **conformance suites** ([`conformance`]): one per port (message store,
 //!   publisher, inbox, cursor store, compensation store). Every adapter crate runs them
 //!   through [`store_conformance_tests!`], [`publisher_conformance_tests!`],
@@ -24,6 +27,8 @@
 
 mod clock;
 pub mod conformance;
+#[cfg(unix)]
+pub mod crash;
 mod faults;
 mod memory_compensation;
 mod memory_consumer;
