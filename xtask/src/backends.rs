@@ -39,7 +39,9 @@
 //! pids                     `<server> <pid> <data dir>`, one line per server
 //!                          (for a broker, `<data dir>` is `kafka/` or
 //!                          `pulsar/`)
-//! env                      `export OUTBOX_TEST_...=...` lines
+//! env                      `export OUTBOX_TEST_...=...` lines: the servers'
+//!                          addresses, and the programs the tests run
+//!                          private servers with (PostgreSQL's, tansu)
 //! ```
 
 use std::fs;
@@ -72,6 +74,15 @@ pub(crate) const PULSAR_URL_VAR: &str = "OUTBOX_TEST_PULSAR_URL";
 /// client), set along with [`PULSAR_URL_VAR`]: the tests read messages back
 /// with it.
 pub(crate) const PULSAR_PYTHONPATH_VAR: &str = "OUTBOX_TEST_PULSAR_PYTHONPATH";
+/// The directory holding PostgreSQL's `initdb`, `pg_ctl` and `postgres`, for
+/// the tests that run a private cluster of their own (and restart it).
+pub(crate) const POSTGRES_BIN_VAR: &str = "OUTBOX_TEST_POSTGRES_BIN";
+/// The OS user those tests run PostgreSQL as, set when xtask runs as root
+/// (PostgreSQL refuses to run as root).
+pub(crate) const POSTGRES_USER_VAR: &str = "OUTBOX_TEST_POSTGRES_USER";
+/// The tansu binary, for the tests that run a private Kafka broker of their
+/// own (and stop it).
+pub(crate) const TANSU_VAR: &str = "OUTBOX_TEST_TANSU";
 
 /// The MariaDB account the tests use over TCP; it holds every privilege.
 const MYSQL_USER: &str = "outbox";
@@ -261,8 +272,19 @@ impl Backends {
                 _ => kinds.push(kind),
             }
         }
+        // The programs of the private-server tests, for the servers that run
+        // elsewhere: only when already at hand (nothing is installed or built
+        // for them).
+        let external: Vec<Kind> = wanted
+            .iter()
+            .filter(|kind| !kinds.contains(kind))
+            .copied()
+            .collect();
         if kinds.is_empty() {
-            return Ok(Self::none());
+            let mut backends = Self::none();
+            backends.root = is_root()?;
+            backends.export_programs_at_hand(&external, workspace_root);
+            return Ok(backends);
         }
 
         let parent = backends_root(workspace_root);
@@ -278,6 +300,7 @@ impl Backends {
         let mut backends = Self::new(dir, workspace_root, OnDrop::StopAndRemove)?;
         backends.watchdog = Some(Watchdog::spawn(&backends.dir)?);
         backends.start(&kinds)?;
+        backends.export_programs_at_hand(&external, workspace_root);
         Ok(backends)
     }
 
@@ -332,7 +355,59 @@ impl Backends {
                 Kind::Pulsar => self.start_pulsar(tools.pulsar()?, port)?,
             }
         }
+        self.export_programs(kinds, &tools);
         Ok(())
+    }
+
+    /// Sets [`POSTGRES_BIN_VAR`] (with [`POSTGRES_USER_VAR`] when root) for
+    /// [`Kind::Postgres`] and [`TANSU_VAR`] for [`Kind::Kafka`] among `kinds`,
+    /// from `tools`, unless the caller's environment already sets them.
+    fn export_programs(&mut self, kinds: &[Kind], tools: &Tools) {
+        let mut env = Vec::new();
+        if kinds.contains(&Kind::Postgres)
+            && let Some(pg) = &tools.postgres
+        {
+            env.push((POSTGRES_BIN_VAR, pg.bin.to_string_lossy().into_owned()));
+            if let Some(user) = self.os_user(Kind::Postgres) {
+                env.push((POSTGRES_USER_VAR, user.to_owned()));
+            }
+        }
+        if kinds.contains(&Kind::Kafka)
+            && let Some(tansu) = &tools.tansu
+        {
+            env.push((TANSU_VAR, tansu.to_string_lossy().into_owned()));
+        }
+        for (var, value) in env {
+            if std::env::var_os(var).is_none_or(|given| given.is_empty()) {
+                self.env.push((var, value));
+            }
+        }
+    }
+
+    /// [`Self::export_programs`] for servers xtask does not start: PostgreSQL's
+    /// programs if installed, tansu if already built.
+    fn export_programs_at_hand(&mut self, kinds: &[Kind], workspace_root: &Path) {
+        let mut tools = Tools::find();
+        // Where `ensure_tansu` caches the binary; not built here, since the
+        // shared broker runs elsewhere.
+        let cached = crate::tools::tools_root(workspace_root)
+            .join(format!("tansu-{TANSU_VERSION}"))
+            .join("bin")
+            .join("tansu");
+        tools.tansu = cached.is_file().then_some(cached);
+        self.export_programs(kinds, &tools);
+        for (kind, var) in [(Kind::Postgres, POSTGRES_BIN_VAR), (Kind::Kafka, TANSU_VAR)] {
+            if kinds.contains(&kind)
+                && std::env::var_os(var).is_none_or(|given| given.is_empty())
+                && !self.env.iter().any(|(name, _)| *name == var)
+            {
+                note(&format!(
+                    "{var} is not set and the program is not at hand: the tests with a \
+                     private {} skip (or fail, under CI); set it",
+                    kind.title()
+                ));
+            }
+        }
     }
 
     fn start_postgres(&mut self, pg: &PostgresTools, port: u16) -> Result<()> {
@@ -1476,12 +1551,16 @@ mod tests {
         }
         assert!(!Kind::DATABASES.contains(&Kind::Kafka));
         assert!(!Kind::DATABASES.contains(&Kind::Pulsar));
-        // The second variable of the Pulsar broker is nobody's first.
-        assert!(
-            Kind::ALL
-                .iter()
-                .all(|kind| kind.env_var() != PULSAR_PYTHONPATH_VAR)
-        );
+        // The second variable of the Pulsar broker, and the programs' variables,
+        // are nobody's first: setting them never stops a server from starting.
+        for var in [
+            PULSAR_PYTHONPATH_VAR,
+            POSTGRES_BIN_VAR,
+            POSTGRES_USER_VAR,
+            TANSU_VAR,
+        ] {
+            assert!(Kind::ALL.iter().all(|kind| kind.env_var() != var));
+        }
     }
 
     #[test]

@@ -81,9 +81,22 @@ ENVIRONMENT:
     OUTBOX_TEST_PULSAR_PYTHONPATH
                     the PYTHONPATH under which python3 can `import pulsar`
                     (pulsar-client), which those tests read messages back with
-    `test` sets these for the servers it starts, and starts (or builds) no
-    server whose variable is already set (for Pulsar, its URL: set the
-    PYTHONPATH along with it)
+    OUTBOX_TEST_POSTGRES_BIN
+                    the directory of PostgreSQL's initdb, pg_ctl and postgres,
+                    for the outbox-kafka tests that run a private cluster and
+                    restart it
+    OUTBOX_TEST_POSTGRES_USER
+                    the OS user those tests run PostgreSQL as (postgres when
+                    xtask runs as root; unset: the current user)
+    OUTBOX_TEST_TANSU
+                    the tansu binary, for the outbox-kafka tests that run a
+                    private Kafka broker and stop it
+    `test` and `backends start` set these for the servers they start, and
+    start (or build) no server whose variable is already set (for Pulsar, its
+    URL: set the PYTHONPATH along with it); they set the last three, unless
+    already set, from the programs the servers use, or for a server that runs
+    elsewhere from the programs at hand (an installed PostgreSQL, an already
+    built tansu). Missing, the tests that need them skip, or fail under CI
 ";
 
 /// Exit code for commands that exist but cannot run yet, and for usage errors.

@@ -48,7 +48,7 @@ const REPORT_GRACE: Duration = Duration::from_secs(1);
 /// - After a fatal producer error (the idempotence guarantee could not be kept), or a
 ///   batch of which no message got through, the producer is replaced, and the messages
 ///   of that batch are retried. (librdkafka's idempotent producer can wedge without a
-///   fatal error: see [`needs_new_producer`].)
+///   fatal error: see `needs_new_producer` in the source.)
 pub struct KafkaPublisher {
     config: KafkaConfig,
     producer: RwLock<Arc<FutureProducer>>,

@@ -6,6 +6,8 @@
 mod conformance;
 mod end_to_end;
 mod faults;
+mod outage;
+mod private_servers;
 mod provision;
 mod runner;
 
