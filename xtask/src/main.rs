@@ -19,6 +19,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, Result, bail};
 
 use crate::backends::{Backends, Kind};
+use crate::tools::TANSU_VERSION;
 
 const USAGE: &str = "\
 cargo xtask: chores for the outbox-rs workspace
@@ -59,13 +60,26 @@ COMMANDS:
                     migrate`; up and status with --routes also create or check
                     each service's outbox table; fresh touches only the outbox
                     tables, never the application's (`cargo xtask migrate help`)
-    bench [-- ARGS]
-                    start PostgreSQL and MariaDB (as `test` does), run the claim
-                    benchmark (example bench_claim of outbox-sea-orm) on each,
-                    then stop the servers; fails if a run fails or if claiming
-                    with 1M finished rows retained takes over 1.5x as long as
-                    with none; ARGS go to bench_claim (e.g. --finished 200000;
-                    `-- --help` lists them)
+    bench [--quick] [SCENARIO...] [-- ARGS]
+                    start the servers the scenarios need (as `test` does, with
+                    the build prerequisites of outbox-kafka), run each
+                    scenario's example, then stop the servers; fails if a run
+                    fails. SCENARIO (default: all, in this order):
+        claim           claim time with 1M finished rows retained versus
+                        none, on PostgreSQL and MariaDB (example bench_claim of
+                        outbox-sea-orm); fails if the ratio exceeds 1.5
+        latency         commit-to-broker-ack latency on PostgreSQL and tansu
+                        with in-process, cross-process (NOTIFY) and no wake-ups,
+                        and what NOTIFY costs writers (example bench_latency of
+                        outbox-kafka); reports the issue-8 targets (p50 <= 5 ms,
+                        p99 <= 25 ms at 1000/s) without failing on them, and
+                        writes target/bench/latency.json
+        --quick         shorter runs (about 3 minutes in all once built):
+                        claim with 200000 finished rows, latency with 3 s runs
+                    ARGS go to the example of the one SCENARIO named, or to
+                    bench_claim when none is (e.g. -- --finished 200000); an
+                    example's --help lists its own (`cargo run -p outbox-kafka
+                    --example bench_latency -- --help`)
     help            print this text (also -h, --help)
 
 ENVIRONMENT:
@@ -312,63 +326,79 @@ fn migrate_command(workspace: &Workspace, args: &[String]) -> Command {
     cmd
 }
 
-/// `cargo xtask bench`: the claim benchmark (`crates/outbox-sea-orm/examples/
-/// bench_claim.rs`, method in docs/storage.md) on PostgreSQL and on MariaDB.
+/// `cargo xtask bench`: the benchmark scenarios (see [`Scenario`]), each an example of
+/// a workspace crate run against servers started as for `test`.
 ///
-/// It runs in the dev profile: the benchmark compares two databases side by side in
-/// one run and reports their ratio, which the optimisation level does not change
-/// (and most of a claim's time is spent in the database server anyway).
+/// It runs in the dev profile (workspace crates at `opt-level` 0, dependencies at 1),
+/// sharing the tests' build: the claim benchmark reports a ratio of two databases
+/// measured side by side, which the optimisation level does not change, and the
+/// latency benchmark's time is spent waiting on PostgreSQL and the broker, not in
+/// Rust code (docs/benchmarks.md).
 fn bench(args: &[String]) -> Result<()> {
     let workspace = Workspace::locate()?;
-    let bench_args = bench_args(args);
+    let args = BenchArgs::parse(args)?;
+    if args.help {
+        print!("{USAGE}");
+        return Ok(());
+    }
 
     // Build before starting the servers: a compile error starts nothing, and the
-    // runs below do not pay for the build.
-    let mut build = workspace.cargo();
-    build.args(["build", "-p", "outbox-sea-orm", "--example", "bench_claim"]);
-    step("build bench_claim", &mut build)?;
+    // runs below do not pay for the build. outbox-kafka builds librdkafka with cmake.
+    if args.scenarios.iter().any(|s| s.needs_build_packages()) {
+        system::ensure_build_packages()?;
+    }
+    for scenario in &args.scenarios {
+        let mut build = workspace.cargo();
+        build.args(["build", "-p", scenario.package(), "--example"]);
+        build.arg(scenario.example());
+        step(&format!("build {}", scenario.example()), &mut build)?;
+    }
 
-    // Stopped (and their directory deleted) when the guard drops, as for `test`.
-    let backends = Backends::for_tests(&workspace.root, &Kind::DATABASES)?;
+    // Every server any scenario needs, in one directory; stopped (and the directory
+    // deleted) when the guard drops, as for `test`.
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|kind| args.scenarios.iter().any(|s| s.backends().contains(kind)))
+        .collect();
+    let backends = Backends::for_tests(&workspace.root, &kinds)?;
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
-    for kind in Kind::DATABASES {
-        let var = kind.env_var();
-        let url = backends
-            .env()
-            .iter()
-            .find(|(name, _)| *name == var)
-            .map(|(_, url)| url.clone())
-            .or_else(|| std::env::var(var).ok().filter(|url| !url.is_empty()));
-        let Some(url) = url else {
-            failures.push(anyhow::anyhow!(
-                "no server for {}: {var} is empty",
-                kind.title()
-            ));
-            continue;
+    let mut timings = Vec::new();
+    for scenario in &args.scenarios {
+        let scenario_started = std::time::Instant::now();
+        let ctx = BenchContext {
+            backends: &backends,
+            workspace: &workspace,
+            quick: args.quick,
+            extra: args.extra_for(*scenario),
         };
-        let mut run = workspace.cargo();
-        run.args([
-            "run",
-            "--quiet",
-            "-p",
-            "outbox-sea-orm",
-            "--example",
-            "bench_claim",
-        ]);
-        run.args(["--", "--database-url", &url]);
-        run.args(bench_args);
-        if let Err(err) = step(&format!("claim benchmark on {}", kind.title()), &mut run) {
-            failures.push(err);
+        match scenario.runs(&ctx) {
+            Ok(runs) => {
+                for run in runs {
+                    let mut cmd = workspace.cargo();
+                    cmd.args(["run", "--quiet", "-p", scenario.package(), "--example"]);
+                    cmd.arg(scenario.example()).arg("--").args(&run.args);
+                    if let Err(err) = step(&run.title, &mut cmd) {
+                        failures.push(err);
+                    }
+                }
+            }
+            Err(err) => failures.push(err),
         }
+        timings.push(format!(
+            "{} {:.0}s",
+            scenario.name(),
+            scenario_started.elapsed().as_secs_f64()
+        ));
     }
     let elapsed = started.elapsed();
     drop(backends);
 
     if failures.is_empty() {
         println!(
-            "\n[xtask] benchmarks passed in {:.0}s (build and server start-up excluded)",
-            elapsed.as_secs_f64()
+            "\n[xtask] benchmarks passed in {:.0}s ({}; build and server start-up excluded)",
+            elapsed.as_secs_f64(),
+            timings.join(", ")
         );
         Ok(())
     } else {
@@ -381,12 +411,209 @@ fn bench(args: &[String]) -> Result<()> {
     }
 }
 
-/// The arguments of `cargo xtask bench` that go to `bench_claim`: all of them, less a
-/// leading `--`.
-fn bench_args(args: &[String]) -> &[String] {
-    match args.split_first() {
-        Some((first, rest)) if first == "--" => rest,
-        _ => args,
+/// A benchmark scenario of `cargo xtask bench`: an example of a workspace crate, the
+/// servers it needs, and the runs it makes of the example. A new scenario is a new
+/// variant here (and a line in USAGE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Claim time with 1M finished rows retained versus none, on PostgreSQL and
+    /// MariaDB (`crates/outbox-sea-orm/examples/bench_claim.rs`, docs/storage.md);
+    /// fails above a ratio of 1.5.
+    Claim,
+    /// Commit-to-broker-ack latency and the cost of NOTIFY, on PostgreSQL and tansu
+    /// (`crates/outbox-kafka/examples/bench_latency.rs`, docs/benchmarks.md); reports
+    /// the targets, never fails on them.
+    Latency,
+}
+
+impl Scenario {
+    /// In the order they run.
+    const ALL: [Self; 2] = [Self::Claim, Self::Latency];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Claim => "claim",
+            Self::Latency => "latency",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Self::Claim => "outbox-sea-orm",
+            Self::Latency => "outbox-kafka",
+        }
+    }
+
+    fn example(self) -> &'static str {
+        match self {
+            Self::Claim => "bench_claim",
+            Self::Latency => "bench_latency",
+        }
+    }
+
+    fn backends(self) -> &'static [Kind] {
+        match self {
+            Self::Claim => &Kind::DATABASES,
+            Self::Latency => &[Kind::Postgres, Kind::Kafka],
+        }
+    }
+
+    /// Whether its crate needs cmake and libcurl's headers (librdkafka).
+    fn needs_build_packages(self) -> bool {
+        matches!(self, Self::Latency)
+    }
+
+    /// The runs of the example: a title and its arguments each.
+    fn runs(self, ctx: &BenchContext<'_>) -> Result<Vec<BenchRun>> {
+        match self {
+            Self::Claim => Kind::DATABASES
+                .into_iter()
+                .map(|kind| {
+                    let url = ctx.server(kind)?;
+                    let mut args = vec!["--database-url".to_owned(), url];
+                    if ctx.quick {
+                        // A fifth of the history: about 8 s per server instead of 15.
+                        // ARGS come after, so `-- --finished N` still wins.
+                        args.extend(["--finished".to_owned(), "200000".to_owned()]);
+                    }
+                    args.extend(ctx.extra.iter().cloned());
+                    Ok(BenchRun {
+                        title: format!("claim benchmark on {}", kind.title()),
+                        args,
+                    })
+                })
+                .collect(),
+            Self::Latency => {
+                let json = ctx.workspace.root.join("target/bench/latency.json");
+                let broker = if ctx.started(Kind::Kafka) {
+                    format!("tansu {TANSU_VERSION}")
+                } else {
+                    "the Kafka broker at OUTBOX_TEST_KAFKA_BOOTSTRAP".to_owned()
+                };
+                let mut args = vec![
+                    "--database-url".to_owned(),
+                    ctx.server(Kind::Postgres)?,
+                    "--bootstrap".to_owned(),
+                    ctx.server(Kind::Kafka)?,
+                    "--json".to_owned(),
+                    json.to_string_lossy().into_owned(),
+                    "--broker".to_owned(),
+                    broker,
+                ];
+                if ctx.quick {
+                    args.push("--quick".to_owned());
+                }
+                args.extend(ctx.extra.iter().cloned());
+                Ok(vec![BenchRun {
+                    title: "latency benchmark on PostgreSQL and Kafka".to_owned(),
+                    args,
+                }])
+            }
+        }
+    }
+}
+
+/// What a scenario's runs are built from.
+struct BenchContext<'a> {
+    backends: &'a Backends,
+    workspace: &'a Workspace,
+    quick: bool,
+    /// The ARGS after `--`, when they are this scenario's.
+    extra: &'a [String],
+}
+
+impl BenchContext<'_> {
+    /// The URL (or `host:port`) of a server: the one started here, or the one its
+    /// variable already named.
+    fn server(&self, kind: Kind) -> Result<String> {
+        let var = kind.env_var();
+        self.backends
+            .env()
+            .iter()
+            .find(|(name, _)| *name == var)
+            .map(|(_, url)| url.clone())
+            .or_else(|| std::env::var(var).ok().filter(|url| !url.is_empty()))
+            .with_context(|| format!("no server for {}: {var} is empty", kind.title()))
+    }
+
+    fn started(&self, kind: Kind) -> bool {
+        self.backends
+            .env()
+            .iter()
+            .any(|(name, _)| *name == kind.env_var())
+    }
+}
+
+/// One run of a scenario's example.
+struct BenchRun {
+    title: String,
+    args: Vec<String>,
+}
+
+/// The arguments of `cargo xtask bench [--quick] [SCENARIO...] [-- ARGS]`.
+#[derive(Debug, PartialEq, Eq)]
+struct BenchArgs {
+    quick: bool,
+    help: bool,
+    /// The scenarios to run, in [`Scenario::ALL`] order; all when none is named.
+    scenarios: Vec<Scenario>,
+    /// ARGS, for [`Self::extra_for`].
+    extra: Vec<String>,
+    /// The scenario ARGS go to: the one named, or `claim` when none is (the meaning
+    /// of `cargo xtask bench -- ARGS` before there were scenarios).
+    extra_target: Scenario,
+}
+
+impl BenchArgs {
+    fn parse(args: &[String]) -> Result<Self> {
+        let split = args
+            .iter()
+            .position(|arg| arg == "--")
+            .unwrap_or(args.len());
+        let (ours, extra) = (&args[..split], args.get(split + 1..).unwrap_or_default());
+        let (mut quick, mut help, mut named) = (false, false, Vec::new());
+        for arg in ours {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "-h" | "--help" => help = true,
+                name => match Scenario::from_name(name) {
+                    Some(scenario) => named.push(scenario),
+                    None => bail!(
+                        "`cargo xtask bench`: unknown argument `{name}` (scenarios: {}; \
+                         arguments for a scenario's example go after `--`)",
+                        Scenario::ALL.map(Scenario::name).join(", ")
+                    ),
+                },
+            }
+        }
+        if named.len() > 1 && !extra.is_empty() {
+            bail!("`cargo xtask bench`: ARGS after `--` need exactly one scenario, got {named:?}");
+        }
+        let extra_target = named.first().copied().unwrap_or(Scenario::Claim);
+        let scenarios = Scenario::ALL
+            .into_iter()
+            .filter(|s| named.is_empty() || named.contains(s))
+            .collect();
+        Ok(Self {
+            quick,
+            help,
+            scenarios,
+            extra: extra.to_vec(),
+            extra_target,
+        })
+    }
+
+    /// The ARGS of `scenario`'s example.
+    fn extra_for(&self, scenario: Scenario) -> &[String] {
+        if scenario == self.extra_target {
+            &self.extra
+        } else {
+            &[]
+        }
     }
 }
 
@@ -522,11 +749,30 @@ mod tests {
     }
 
     #[test]
-    fn bench_args_drop_a_leading_double_dash() {
-        let args = strings(&["--", "--finished", "200000"]);
-        assert_eq!(bench_args(&args), &args[1..]);
-        let args = strings(&["--finished", "200000"]);
-        assert_eq!(bench_args(&args), &args[..]);
-        assert!(bench_args(&[]).is_empty());
+    fn bench_args_pick_scenarios_and_route_args_after_the_double_dash() {
+        let all = BenchArgs::parse(&[]).unwrap();
+        assert_eq!(all.scenarios, Scenario::ALL);
+        assert!(!all.quick);
+
+        // ARGS without a scenario go to the claim benchmark, as before scenarios.
+        let args = BenchArgs::parse(&strings(&["--quick", "--", "--finished", "200000"])).unwrap();
+        assert!(args.quick);
+        assert_eq!(args.scenarios, Scenario::ALL);
+        assert_eq!(
+            args.extra_for(Scenario::Claim),
+            &strings(&["--finished", "200000"])[..]
+        );
+        assert!(args.extra_for(Scenario::Latency).is_empty());
+
+        let args = BenchArgs::parse(&strings(&["latency", "--", "--runs", "5"])).unwrap();
+        assert_eq!(args.scenarios, [Scenario::Latency]);
+        assert_eq!(
+            args.extra_for(Scenario::Latency),
+            &strings(&["--runs", "5"])[..]
+        );
+
+        assert!(BenchArgs::parse(&strings(&["--finished", "1"])).is_err());
+        assert!(BenchArgs::parse(&strings(&["claim", "latency", "--", "-x"])).is_err());
+        assert!(BenchArgs::parse(&strings(&["--help"])).unwrap().help);
     }
 }

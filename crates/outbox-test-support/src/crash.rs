@@ -4,9 +4,9 @@
 //! Three parts, usable with any relay binary and any broker:
 //!
 //! - **Failpoints.** The runtime and the adapters mark the points where a crash matters
-//!   with [`fail`] failpoints, compiled in only by their `failpoints` feature (the
+//!   with `fail` failpoints (the tikv `fail` crate), compiled in only by their `failpoints` feature (the
 //!   `outbox` command: `--features failpoints`). [`CrashPoint`] names them.
-//! - **Arming, in the child.** [`arm_from_env`] (feature `crash`) reads
+//! - **Arming, in the child.** `arm_from_env` (feature `crash`) reads
 //!   [`CRASH_AT_VAR`] and makes the named failpoint write [`CRASH_MARKER`] to stderr and
 //!   SIGKILL its own process on the given hit: the process dies exactly there, with no
 //!   chance to finish a publish or a commit.
@@ -27,7 +27,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The environment variable [`arm_from_env`] reads: `NAME` or `NAME@HIT`, where `NAME`
+/// The environment variable `arm_from_env` reads: `NAME` or `NAME@HIT`, where `NAME`
 /// is a [`CrashPoint::name`] and `HIT` (default 1) is the hit that kills the process.
 pub const CRASH_AT_VAR: &str = "OUTBOX_CRASH_AT";
 
@@ -89,7 +89,7 @@ impl fmt::Display for CrashPoint {
     }
 }
 
-/// [`CRASH_AT_VAR`] holds something [`arm_from_env`] cannot use.
+/// [`CRASH_AT_VAR`] holds something `arm_from_env` cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{CRASH_AT_VAR}={value:?}: {reason}")]
 pub struct ArmError {
