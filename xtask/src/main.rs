@@ -74,8 +74,9 @@ COMMANDS:
                         outbox-kafka); reports the issue-8 targets (p50 <= 5 ms,
                         p99 <= 25 ms at 1000/s) without failing on them, and
                         writes target/bench/latency.json
-        --quick         shorter runs (about 3 minutes in all once built):
-                        claim with 200000 finished rows, latency with 3 s runs
+        --quick         shorter runs (about 2.5 minutes in all once built):
+                        claim with 200000 finished rows, latency with 2 s runs
+                        and no search for the maximum rate
                     ARGS go to the example of the one SCENARIO named, or to
                     bench_claim when none is (e.g. -- --finished 200000); an
                     example's --help lists its own (`cargo run -p outbox-kafka
@@ -421,7 +422,7 @@ enum Scenario {
     /// fails above a ratio of 1.5.
     Claim,
     /// Commit-to-broker-ack latency and the cost of NOTIFY, on PostgreSQL and tansu
-    /// (`crates/outbox-kafka/examples/bench_latency.rs`, docs/benchmarks.md); reports
+    /// (`crates/outbox-kafka/examples/bench_latency/`, docs/benchmarks.md); reports
     /// the targets, never fails on them.
     Latency,
 }
