@@ -249,7 +249,7 @@ impl Relay {
             );
         }
         // Crash-point kit: the broker has acknowledged, the store does not know yet. A
-        // crash here is the one window where a message is delivered twice.
+        // crash here publishes the batch again (docs/guarantees.md: the duplicate window).
         fail::fail_point!("relay.after_publish");
         match self.settle(settlements, now).await {
             Ok(lost) => report.lease_lost = lost,
