@@ -42,8 +42,8 @@ pub struct RelayConfig {
     /// How long an idle relay waits before polling again; a
     /// [`RelayWaker`](crate::RelayWaker) cuts the wait short (default 1 s).
     pub poll_interval: Duration,
-    /// The adaptive poll: after a claim that found work, the next idle wait is this
-    /// short and doubles with each empty claim up to `poll_interval` (default 10 ms;
+    /// The adaptive poll: at start and after a claim that found work, the next idle
+    /// wait is this short and doubles with each empty claim up to `poll_interval` (default 10 ms;
     /// capped at `poll_interval`). So a busy relay notices new work within milliseconds
     /// even without a wake (MySQL and SQLite have no cross-process wake), and an idle
     /// one polls at `poll_interval`.

@@ -407,7 +407,9 @@ impl Relay {
     async fn claim_loop(self: Arc<Self>, owner: String, shutdown: CancellationToken) {
         let mut failures = 0u32;
         let ceiling = self.config.poll_interval;
-        let mut idle = ceiling;
+        // A relay that starts while writers are busy looks again soon, as after work,
+        // rather than a whole `poll_interval` later.
+        let mut idle = self.config.min_poll_interval.min(ceiling);
         while !shutdown.is_cancelled() {
             let pause = match self.run_batch(&owner).await {
                 Ok(r) => {

@@ -278,7 +278,7 @@ async fn a_busy_relay_polls_fast_without_a_wake() {
     cfg.min_poll_interval = Duration::from_millis(5);
     let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), cfg).unwrap();
     let handle = relay.spawn(CancellationToken::new());
-    tokio::time::sleep(Duration::from_millis(50)).await; // idle, at the hour-long poll
+    tokio::time::sleep(Duration::from_millis(50)).await; // idle, the poll backing off
     store
         .enqueue(vec![msg("k", 0, chrono::Utc::now())])
         .await
@@ -298,6 +298,31 @@ async fn a_busy_relay_polls_fast_without_a_wake() {
         got.len(),
         1,
         "found by the short poll after work, not the hour-long one"
+    );
+    assert!(handle.shutdown().await);
+}
+
+/// A relay that starts with nothing to do backs off from `min_poll_interval`, not from
+/// `poll_interval`: started while writers are busy (and without a wake), it does not
+/// stay blind for a whole poll interval.
+#[tokio::test]
+async fn a_relay_started_idle_finds_new_work_without_a_wake() {
+    let store = InMemoryStore::new();
+    let broker = InMemoryPublisher::new();
+    let mut cfg = config(10);
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.min_poll_interval = Duration::from_millis(5);
+    let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), cfg).unwrap();
+    let handle = relay.spawn(CancellationToken::new());
+    tokio::time::sleep(Duration::from_millis(2)).await; // the first claim found nothing
+    store
+        .enqueue(vec![msg("k", 0, chrono::Utc::now())])
+        .await
+        .unwrap();
+    assert_eq!(
+        broker.read_from(0, 10, Duration::from_secs(10)).await.len(),
+        1,
+        "found by the adaptive poll, not after the hour-long one"
     );
     assert!(handle.shutdown().await);
 }
