@@ -185,6 +185,7 @@ impl Relay {
             return Ok(BatchReport::default());
         }
         // Crash-point kit: the batch is leased and nothing is published yet.
+        #[cfg(feature = "failpoints")]
         fail::fail_point!("relay.after_claim");
         metrics::histogram!(relay_metrics::CLAIM_BATCH_SIZE).record(claimed.len() as f64);
         let span = info_span!("relay.batch", relay = owner, claimed = claimed.len());
@@ -250,6 +251,7 @@ impl Relay {
         }
         // Crash-point kit: the broker has acknowledged, the store does not know yet. A
         // crash here publishes the batch again (docs/guarantees.md: the duplicate window).
+        #[cfg(feature = "failpoints")]
         fail::fail_point!("relay.after_publish");
         match self.settle(settlements, now).await {
             Ok(lost) => report.lease_lost = lost,

@@ -903,6 +903,7 @@ impl MessageStore for SeaOrmStore {
         }
         // Crash-point kit: the outcomes are written but not committed; a crash rolls
         // them back, so the published messages will be published again.
+        #[cfg(feature = "failpoints")]
         fail::fail_point!("store.settle_txn");
         txn.commit().await.map_err(db_error)?;
         Ok(report)
