@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Server, block_on, temp_dir};
+use common::{Server, block_on, orders_on_kafka, temp_dir};
 use outbox_domain::{Payload, RouteRegistry};
 use outbox_kafka::{KafkaConfig, KafkaSource, Provisioning, TopicSpec};
 use outbox_ports::{MessageStore, header};
@@ -76,21 +76,8 @@ lease_ms = 5000
 publish_timeout_ms = 4000
 backoff_base_ms = 100
 backoff_cap_ms = 1000
-
-[broker]
-kind = "kafka"
-bootstrap_servers = "{bootstrap}"
-
-[[services]]
-name = "orders"
-table = "orders_outbox"
-topic = "{topic}"
-consumer_group = "billing"
-
-[[events]]
-event_type = "order.created"
-service = "orders"
-"#
+{}"#,
+        orders_on_kafka(bootstrap, topic)
     )
 }
 

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Server, block_on, outbox, temp_dir};
+use common::{Server, block_on, orders_on_kafka, outbox, temp_dir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -27,24 +27,11 @@ stats_interval_ms = 100
 batch_size = 50
 poll_interval_ms = 50
 
-[broker]
-kind = "kafka"
-bootstrap_servers = "{bootstrap}"
-
 [[cursors]]
 name = "audit"
 service = "orders"
-
-[[services]]
-name = "orders"
-table = "orders_outbox"
-topic = "{topic}"
-consumer_group = "billing"
-
-[[events]]
-event_type = "order.created"
-service = "orders"
-"#
+{}"#,
+        orders_on_kafka(bootstrap, topic)
     )
 }
 

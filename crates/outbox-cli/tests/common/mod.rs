@@ -175,3 +175,26 @@ pub(crate) fn sql(url: &str, statement: &str) -> Result<(), sea_orm::DbErr> {
         result
     })
 }
+
+/// The `[broker]` and route sections of a daemon configuration: Kafka at `bootstrap`,
+/// one service `orders` in the table `orders_outbox`, publishing `order.created` to
+/// `topic`. The routes start at `[[services]]`, which `RouteRegistry::from_toml` reads.
+pub(crate) fn orders_on_kafka(bootstrap: &str, topic: &str) -> String {
+    format!(
+        r#"
+[broker]
+kind = "kafka"
+bootstrap_servers = "{bootstrap}"
+
+[[services]]
+name = "orders"
+table = "orders_outbox"
+topic = "{topic}"
+consumer_group = "billing"
+
+[[events]]
+event_type = "order.created"
+service = "orders"
+"#
+    )
+}

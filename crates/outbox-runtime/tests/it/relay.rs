@@ -1,7 +1,7 @@
 use super::{msg, order_by_key};
 use outbox_domain::{BackoffPolicy, MessageStatus};
 use outbox_ports::{ClaimRequest, Clock, ListFilter, MessageStore, PublishErrorKind};
-use outbox_runtime::{CancellationToken, ConfigError, Relay, RelayConfig};
+use outbox_runtime::{CancellationToken, ConfigError, Relay, RelayConfig, RelayHandle};
 use outbox_test_support::{
     FaultyPublisher, FaultyStore, InMemoryPublisher, InMemoryStore, ManualClock, StoreOp,
 };
@@ -266,11 +266,9 @@ async fn notify_wakes_an_idle_relay_at_once() {
     assert!(handle.shutdown().await);
 }
 
-/// After work, a relay polls again within milliseconds, doubling up to its poll
-/// interval: new work is noticed without a wake (the fallback where no cross-process
-/// wake exists); an idle relay is back at the long interval.
-#[tokio::test]
-async fn a_busy_relay_polls_fast_without_a_wake() {
+/// A running relay whose poll backs off from 5 ms to an hour: only its adaptive poll,
+/// not the poll interval, can find work in a test's lifetime.
+fn adaptive_relay() -> (InMemoryStore, InMemoryPublisher, RelayHandle) {
     let store = InMemoryStore::new();
     let broker = InMemoryPublisher::new();
     let mut cfg = config(10);
@@ -278,6 +276,15 @@ async fn a_busy_relay_polls_fast_without_a_wake() {
     cfg.min_poll_interval = Duration::from_millis(5);
     let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), cfg).unwrap();
     let handle = relay.spawn(CancellationToken::new());
+    (store, broker, handle)
+}
+
+/// After work, a relay polls again within milliseconds, doubling up to its poll
+/// interval: new work is noticed without a wake (the fallback where no cross-process
+/// wake exists); an idle relay is back at the long interval.
+#[tokio::test]
+async fn a_busy_relay_polls_fast_without_a_wake() {
+    let (store, broker, handle) = adaptive_relay();
     tokio::time::sleep(Duration::from_millis(50)).await; // idle, the poll backing off
     store
         .enqueue(vec![msg("k", 0, chrono::Utc::now())])
@@ -307,13 +314,7 @@ async fn a_busy_relay_polls_fast_without_a_wake() {
 /// stay blind for a whole poll interval.
 #[tokio::test]
 async fn a_relay_started_idle_finds_new_work_without_a_wake() {
-    let store = InMemoryStore::new();
-    let broker = InMemoryPublisher::new();
-    let mut cfg = config(10);
-    cfg.poll_interval = Duration::from_secs(3600);
-    cfg.min_poll_interval = Duration::from_millis(5);
-    let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), cfg).unwrap();
-    let handle = relay.spawn(CancellationToken::new());
+    let (store, broker, handle) = adaptive_relay();
     tokio::time::sleep(Duration::from_millis(2)).await; // the first claim found nothing
     store
         .enqueue(vec![msg("k", 0, chrono::Utc::now())])
