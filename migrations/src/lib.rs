@@ -14,6 +14,7 @@ pub mod schema;
 mod m20261121_000001_create_outbox_tables;
 mod m20261121_000002_create_consumer_dead_letters;
 mod m20261122_000003_outbox_log_positions;
+mod m20261123_000004_outbox_key_in_flight;
 
 use sea_orm_migration::MigrationTrait;
 pub use sea_orm_migration::MigratorTrait;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_outbox_tables::Migration),
             Box::new(m20261121_000002_create_consumer_dead_letters::Migration),
             Box::new(m20261122_000003_outbox_log_positions::Migration),
+            Box::new(m20261123_000004_outbox_key_in_flight::Migration),
         ]
     }
 

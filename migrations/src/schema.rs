@@ -22,9 +22,11 @@
 //! only the rows a claim can touch: `_due (next_attempt_at, seq) WHERE status =
 //! 'pending'` finds due work, and `_key_unfinished (service, partition_key, seq) WHERE
 //! status IN ('pending', 'in_flight')` answers the per-key "is there an earlier
-//! unfinished message?" probe. MySQL has no partial indexes, so the same columns are
-//! indexed behind a leading `status` column, which keeps the scanned ranges to
-//! unfinished rows as well. See docs/storage.md for the query plans.
+//! unfinished message?" probe, and `_key_in_flight (service, partition_key) WHERE
+//! status = 'in_flight'` the "is one of this key in flight?" probe from the few rows in
+//! flight. MySQL has no partial indexes, so `_due` and `_lease` lead with `status`, and
+//! `_key_unfinished` is `(service, partition_key, status, seq)`, which serves both
+//! per-key probes. See docs/storage.md for the query plans.
 //!
 //! On PostgreSQL the outbox table is created with aggressive per-table autovacuum
 //! settings (scale factor 0.01, no cost delay): every delivered message leaves dead
@@ -197,6 +199,23 @@ pub fn outbox_table(backend: DbBackend, table: &str) -> Vec<String> {
             ("status", "status, seq", "status, seq", ""),
         ],
     )
+    .into_iter()
+    .chain(key_in_flight_index(backend, table))
+    .collect()
+}
+
+/// The statement that creates `{table}_key_in_flight (service, partition_key) WHERE
+/// status = 'in_flight'` on PostgreSQL and SQLite (`None` on MySQL, whose
+/// `_key_unfinished` leads with the key and the status already). It answers the claim's
+/// "is a message of this key in flight?" probe from the few in-flight rows, where
+/// `_key_unfinished` would read every unfinished row of the key.
+pub fn key_in_flight_index(backend: DbBackend, table: &str) -> Option<String> {
+    (backend != DbBackend::MySql).then(|| {
+        format!(
+            "CREATE INDEX IF NOT EXISTS {table}_key_in_flight ON {table} \
+             (service, partition_key) WHERE status = 'in_flight'"
+        )
+    })
 }
 
 /// Statements that create the consumer inbox table.
@@ -350,7 +369,12 @@ mod tests {
             assert!(ddl.iter().any(|s| s.contains(
                 "outbox_messages_due ON outbox_messages (next_attempt_at, seq) WHERE status = 'pending'"
             )));
+            assert!(ddl.iter().any(|s| s.contains(
+                "outbox_messages_key_in_flight ON outbox_messages (service, partition_key) \
+                 WHERE status = 'in_flight'"
+            )));
         }
+        assert_eq!(key_in_flight_index(DbBackend::MySql, OUTBOX_TABLE), None);
         assert!(
             outbox_table(DbBackend::Postgres, OUTBOX_TABLE)[0]
                 .contains("autovacuum_vacuum_scale_factor = 0.01")

@@ -5,8 +5,9 @@ use crate::error::{db_error, decode_error};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use outbox_ports::StoreResult;
 use sea_orm::{
-    AccessMode, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, QueryResult,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    IsolationLevel, QueryResult, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait, Value,
 };
 use uuid::Uuid;
 
@@ -139,18 +140,45 @@ pub(crate) async fn begin_write(
     db: &DatabaseConnection,
     dialect: Dialect,
 ) -> StoreResult<DatabaseTransaction> {
-    let options = match dialect {
-        Dialect::Sqlite => TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        },
-        _ => TransactionOptions {
-            isolation_level: Some(IsolationLevel::ReadCommitted),
-            access_mode: Some(AccessMode::ReadWrite),
-            ..TransactionOptions::default()
-        },
-    };
-    db.begin_with_options(options).await.map_err(db_error)
+    begin_write_with(db, dialect, "").await
+}
+
+/// [`begin_write`], then on PostgreSQL `settings` (`SET LOCAL …` statements separated
+/// by `;`), sent with the isolation level in one round trip: the transaction costs
+/// `BEGIN` plus one statement however many settings it has.
+pub(crate) async fn begin_write_with(
+    db: &DatabaseConnection,
+    dialect: Dialect,
+    settings: &str,
+) -> StoreResult<DatabaseTransaction> {
+    match dialect {
+        Dialect::Sqlite => db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+            .map_err(db_error),
+        Dialect::MySql => db
+            .begin_with_options(TransactionOptions {
+                isolation_level: Some(IsolationLevel::ReadCommitted),
+                access_mode: Some(AccessMode::ReadWrite),
+                ..TransactionOptions::default()
+            })
+            .await
+            .map_err(db_error),
+        Dialect::Postgres => {
+            let txn = db.begin().await.map_err(db_error)?;
+            let mut sql =
+                String::from("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE");
+            if !settings.is_empty() {
+                sql.push_str("; ");
+                sql.push_str(settings);
+            }
+            txn.execute_unprepared(&sql).await.map_err(db_error)?;
+            Ok(txn)
+        }
+    }
 }
 
 /// A nullable column.

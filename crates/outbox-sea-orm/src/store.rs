@@ -1,6 +1,6 @@
 //! [`SeaOrmStore`]: the [`MessageStore`] on PostgreSQL, MySQL/MariaDB and SQLite.
 
-use crate::dialect::{Dialect, Sql, begin_write, get, req};
+use crate::dialect::{Dialect, Sql, begin_write, begin_write_with, get, req};
 use crate::error::db_error;
 use crate::row::{self, ALL_COLUMNS, DELIVERY_COLUMNS, INSERT_COLUMNS};
 use async_trait::async_trait;
@@ -10,8 +10,8 @@ use outbox_domain::{
     MessageLimits, MessageStatus, OutboxMessage,
 };
 use outbox_ports::{
-    ClaimRequest, ClaimedMessage, ListFilter, MessageStore, OutboxStats, SettleReport, Settlement,
-    StoreError, StoreResult, StoredMessage,
+    ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
+    Settlement, StoreError, StoreResult, StoredMessage,
 };
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, QueryResult, TransactionSession,
@@ -19,6 +19,21 @@ use sea_orm::{
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
+
+/// The planner settings of a claim on PostgreSQL, for its transaction only: walk the
+/// `_due` index in order and probe each candidate's key through the key indexes, never
+/// scan and sort the backlog or hash-join it against a key index.
+///
+/// Left to its statistics, the planner picks that plan only when they are fresh. On a
+/// table filled in bulk and not analysed yet, or analysed while nothing was pending (a
+/// relay that keeps up leaves it so, and a burst then arrives), it expects a handful of
+/// pending rows and reads every one of them for every claim: seconds per claim at
+/// 200 000 pending, where the index walk takes milliseconds (docs/benchmarks.md,
+/// scenario 5). The settings make every other plan look too expensive rather than
+/// forbid it, so a query they do not fit still runs.
+const CLAIM_PLAN: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+    SET LOCAL enable_sort = off; SET LOCAL enable_hashjoin = off; \
+    SET LOCAL enable_mergejoin = off";
 
 /// Rows per `INSERT` statement of a bulk enqueue. With 17 columns this stays well under
 /// every backend's bind-parameter limit (SQLite's 32 766 is the lowest).
@@ -173,7 +188,7 @@ impl SeaOrmStore {
             now: Utc::now(),
         };
         self.push_candidates(&mut sql, &request);
-        let txn = self.begin().await?;
+        let txn = begin_write_with(&self.db, self.dialect, CLAIM_PLAN).await?;
         let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
         txn.rollback().await.map_err(db_error)?;
         let mut out = String::new();
@@ -208,10 +223,16 @@ impl SeaOrmStore {
     /// Writes `messages` as pending, in order, through `conn`: pass your own
     /// transaction to commit them atomically with your business rows. Returns their ids.
     ///
+    /// One round trip for up to 500 messages: they go in one statement (the bulk path;
+    /// more go in statements of 500 inside a savepoint).
+    ///
     /// All or nothing: every message is validated first (a bad one fails with
-    /// [`StoreError::InvalidMessage`] before any SQL runs), and the insert runs inside a
-    /// savepoint, so a duplicate id ([`StoreError::DuplicateMessage`]) leaves your
-    /// transaction usable: you can still commit your business rows or roll back.
+    /// [`StoreError::InvalidMessage`] before any SQL runs), and a duplicate id
+    /// ([`StoreError::DuplicateMessage`]) writes none of them and leaves your
+    /// transaction usable: you can still commit your business rows or roll back. One
+    /// exception on PostgreSQL: when another transaction is writing the same id at the
+    /// same moment, the unique index fails the statement, and PostgreSQL aborts your
+    /// transaction with it; roll back.
     pub async fn enqueue_in<C>(
         &self,
         conn: &C,
@@ -250,10 +271,11 @@ impl SeaOrmStore {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        // PostgreSQL aborts the whole transaction on any error, and a multi-statement
-        // insert must be atomic: both need a savepoint (or a transaction of its own when
-        // `conn` is a plain connection). A single statement elsewhere is atomic by itself.
-        let result = if self.dialect == Dialect::Postgres || messages.len() > INSERT_CHUNK {
+        // A multi-statement insert must be atomic: it needs a savepoint (or a transaction
+        // of its own when `conn` is a plain connection). A single statement is atomic by
+        // itself, and on PostgreSQL it reports a stored id without failing (see
+        // `insert`), which would abort the caller's transaction.
+        let result = if messages.len() > INSERT_CHUNK {
             let txn = conn.begin().await.map_err(db_error)?;
             match self.insert(&txn, &messages, status).await {
                 Ok(()) => txn.commit().await.map_err(db_error),
@@ -299,18 +321,46 @@ impl SeaOrmStore {
         } else {
             self.config.max_attempts
         };
+        let t = self.table();
         for chunk in messages.chunks(INSERT_CHUNK) {
-            let mut sql = Sql::new(
-                self.dialect,
-                format!("INSERT INTO {} ({INSERT_COLUMNS}) VALUES ", self.table()),
-            );
+            // On PostgreSQL the rows are written only if none of their ids is stored
+            // yet (committed, or earlier in this transaction): one statement that
+            // writes all or nothing and reports a duplicate by writing nothing rather
+            // than by failing, so the caller's transaction stays usable without the two
+            // extra round trips of a savepoint. (An id another transaction is writing
+            // at the same moment still fails on the unique index, which aborts the
+            // caller's transaction: it must roll back.)
+            let postgres = self.dialect == Dialect::Postgres;
+            let head = if postgres {
+                format!("WITH v ({INSERT_COLUMNS}) AS (VALUES ")
+            } else {
+                format!("INSERT INTO {t} ({INSERT_COLUMNS}) VALUES ")
+            };
+            let mut sql = Sql::new(self.dialect, head);
             for (i, m) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
                 }
                 sql.bind_list(row::insert_values(self.dialect, m, status, max_attempts));
             }
-            conn.execute_raw(sql.build()).await.map_err(db_error)?;
+            if postgres {
+                sql.push(&format!(
+                    ") INSERT INTO {t} ({INSERT_COLUMNS}) SELECT {INSERT_COLUMNS} FROM v \
+                     WHERE NOT EXISTS (SELECT 1 FROM {t} e JOIN v ON e.id = v.id)"
+                ));
+            }
+            let written = conn
+                .execute_raw(sql.build())
+                .await
+                .map_err(db_error)?
+                .rows_affected();
+            if written != chunk.len() as u64 {
+                return Err(StoreError::Conflict {
+                    what: "message",
+                    id: String::new(),
+                    expected: 0,
+                });
+            }
         }
         Ok(())
     }
@@ -332,15 +382,14 @@ impl SeaOrmStore {
                     .iter()
                     .map(|m| self.dialect.uuid(Some(m.id.as_uuid()))),
             );
-            match conn.query_all_raw(sql.build()).await {
-                Ok(rows) => {
-                    for r in &rows {
-                        if let Ok((_, id)) = row::seq_and_id(self.dialect, r) {
-                            existing.insert(id);
-                        }
+            // A lookup that fails (PostgreSQL refuses every statement of a transaction
+            // that a unique violation aborted) names the first id below.
+            if let Ok(rows) = conn.query_all_raw(sql.build()).await {
+                for r in &rows {
+                    if let Ok((_, id)) = row::seq_and_id(self.dialect, r) {
+                        existing.insert(id);
                     }
                 }
-                Err(e) => return db_error(e),
             }
         }
         // A concurrent transaction may hold the colliding id uncommitted; name the first.
@@ -442,7 +491,8 @@ impl SeaOrmStore {
         Ok(changed)
     }
 
-    /// The claim on PostgreSQL: one statement, so one round trip.
+    /// The claim on PostgreSQL: one statement, in a transaction that first pins its plan
+    /// ([`CLAIM_PLAN`]).
     async fn claim_postgres(
         &self,
         request: &ClaimRequest,
@@ -464,7 +514,10 @@ impl SeaOrmStore {
             " FROM picked WHERE {t}.seq = picked.seq RETURNING {}",
             qualified(t, ALL_COLUMNS)
         ));
-        self.db.query_all_raw(sql.build()).await.map_err(db_error)
+        let txn = begin_write_with(&self.db, dl, CLAIM_PLAN).await?;
+        let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(rows)
     }
 
     /// The claim on MySQL/MariaDB (which cannot update a table it selects from in a
@@ -528,6 +581,67 @@ impl SeaOrmStore {
         ))
         .bind(limit_value(request.limit))
         .push(self.dialect.skip_locked());
+    }
+
+    /// Settles a batch in which every message was published (the common case) on
+    /// PostgreSQL and SQLite without reading the rows first: one `UPDATE … RETURNING`
+    /// per lease token (a batch has one) and [`INSERT_CHUNK`] ids, whose condition is
+    /// the transition's own (in flight under that token). A message it leaves alone
+    /// lost its lease, or is unknown, which fails the whole settlement as the general
+    /// path does.
+    async fn settle_published(
+        &self,
+        txn: &DatabaseTransaction,
+        settlements: &[Settlement],
+        now: DateTime<Utc>,
+    ) -> StoreResult<SettleReport> {
+        let dl = self.dialect;
+        let mut by_token: BTreeMap<Uuid, Vec<MessageId>> = BTreeMap::new();
+        for s in settlements {
+            by_token.entry(s.token.as_uuid()).or_default().push(s.id);
+        }
+        let mut settled: HashSet<MessageId> = HashSet::with_capacity(settlements.len());
+        for (token, ids) in &by_token {
+            for chunk in ids.chunks(INSERT_CHUNK) {
+                let mut sql = Sql::new(
+                    dl,
+                    format!(
+                        "UPDATE {} SET status = 'published', lease_owner = NULL, \
+                         lease_token = NULL, lease_expires_at = NULL, published_at = ",
+                        self.table()
+                    ),
+                );
+                sql.bind(dl.time(Some(now)))
+                    .push(" WHERE status = 'in_flight' AND lease_token = ")
+                    .bind(dl.uuid(Some(*token)))
+                    .push(" AND id IN ")
+                    .bind_list(chunk.iter().map(|id| dl.uuid(Some(id.as_uuid()))))
+                    .push(" RETURNING seq, id");
+                for r in txn.query_all_raw(sql.build()).await.map_err(db_error)? {
+                    settled.insert(row::seq_and_id(dl, &r)?.1);
+                }
+            }
+        }
+        let unsettled: Vec<MessageId> = settlements
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !settled.contains(id))
+            .collect();
+        if !unsettled.is_empty() {
+            // The `UPDATE` waited for any lock on them, so they did not match: lost
+            // leases, unless unknown.
+            let known = self.lock_by_ids(txn, &unsettled).await?;
+            if let Some(missing) = unsettled.iter().find(|id| !known.contains_key(id)) {
+                return Err(StoreError::NotFound {
+                    what: "message",
+                    id: missing.to_string(),
+                });
+            }
+        }
+        let mut report = SettleReport::default();
+        report.settled = settled.len();
+        report.lease_lost = unsettled;
+        Ok(report)
     }
 
     /// Of the locked candidates `seqs`, those that are still heads of their key when
@@ -849,13 +963,20 @@ impl MessageStore for SeaOrmStore {
         if settlements.is_empty() {
             return Ok(SettleReport::default());
         }
-        let txn = self.begin().await?;
-        if self.dialect == Dialect::Postgres {
-            // Losing this commit in a crash only re-publishes the messages, which
-            // at-least-once delivery allows and the consumer's inbox absorbs.
-            txn.execute_unprepared("SET LOCAL synchronous_commit = off")
-                .await
-                .map_err(db_error)?;
+        // Losing this commit in a crash (PostgreSQL) only re-publishes the messages,
+        // which at-least-once delivery allows and the consumer's inbox absorbs.
+        let txn =
+            begin_write_with(&self.db, self.dialect, "SET LOCAL synchronous_commit = off").await?;
+        if self.dialect != Dialect::MySql
+            && settlements
+                .iter()
+                .all(|s| matches!(s.disposition, Disposition::Published))
+        {
+            let report = self.settle_published(&txn, &settlements, now).await?;
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("store.settle_txn");
+            txn.commit().await.map_err(db_error)?;
+            return Ok(report);
         }
         let ids: Vec<MessageId> = settlements.iter().map(|s| s.id).collect();
         let rows = self.lock_by_ids(&txn, &ids).await?;
