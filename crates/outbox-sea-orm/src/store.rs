@@ -21,19 +21,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// The planner settings of a claim on PostgreSQL, for its transaction only: walk the
-/// `_due` index in order and probe each candidate's key through the key indexes, never
-/// scan and sort the backlog or hash-join it against a key index.
+/// `_due` index in order and stop after the batch, never read and sort the backlog.
 ///
 /// Left to its statistics, the planner picks that plan only when they are fresh. On a
-/// table filled in bulk and not analysed yet, or analysed while nothing was pending (a
-/// relay that keeps up leaves it so, and a burst then arrives), it expects a handful of
-/// pending rows and reads every one of them for every claim: seconds per claim at
-/// 200 000 pending, where the index walk takes milliseconds (docs/benchmarks.md,
-/// scenario 5). The settings make every other plan look too expensive rather than
-/// forbid it, so a query they do not fit still runs.
+/// table filled in bulk and not analysed yet it expects a handful of pending rows, so
+/// it reads all of them, probes the key of each ([`head_of_key`]) and sorts: seconds per
+/// claim at 200 000 pending, where the index walk takes milliseconds (docs/benchmarks.md,
+/// scenario 5). The probes themselves are written so that statistics cannot spoil them
+/// either. The settings make the other plans look too expensive rather than forbid
+/// them, so a query they do not fit still runs.
 const CLAIM_PLAN: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-    SET LOCAL enable_sort = off; SET LOCAL enable_hashjoin = off; \
-    SET LOCAL enable_mergejoin = off";
+    SET LOCAL enable_sort = off";
 
 /// Rows per `INSERT` statement of a bulk enqueue. With 17 columns this stays well under
 /// every backend's bind-parameter limit (SQLite's 32 766 is the lowest).
@@ -577,7 +575,7 @@ impl SeaOrmStore {
         .bind(self.dialect.time(Some(request.now)))
         .push(&format!(
             " AND m.attempts < m.max_attempts AND {} ORDER BY m.next_attempt_at, m.seq LIMIT ",
-            head_of_key(t)
+            head_of_key(t, self.dialect)
         ))
         .bind(limit_value(request.limit))
         .push(self.dialect.skip_locked());
@@ -662,7 +660,7 @@ impl SeaOrmStore {
             format!("SELECT m.seq FROM {t} m WHERE m.seq IN "),
         );
         sql.bind_list(seqs)
-            .push(&format!(" AND {}", head_of_key(t)));
+            .push(&format!(" AND {}", head_of_key(t, self.dialect)));
         query_seqs(txn, sql).await
     }
 }
@@ -870,10 +868,34 @@ async fn query_seqs<C: ConnectionTrait>(conn: &C, sql: Sql) -> StoreResult<Vec<V
 
 /// The per-key rule as SQL over candidate `m`: no earlier pending message of its
 /// (service, key), and no message of that key in flight (earlier or, after an operator's
-/// replay or a late commit, later). Two probes rather than one with an `OR`, so that each
-/// is an index range: `(service, partition_key, seq)` bounded by `m.seq`, and the few
-/// rows in flight.
-fn head_of_key(t: &str) -> String {
+/// replay or a late commit, later).
+///
+/// On MySQL and SQLite: two `NOT EXISTS` probes rather than one with an `OR`, so that
+/// each is an index range, `(service, partition_key, seq)` bounded by `m.seq` and the
+/// few rows in flight (on MySQL both on `_key_unfinished`, whose `status` column comes
+/// before `seq`).
+///
+/// On PostgreSQL the plan must not depend on statistics, which are often missing (a
+/// table filled in bulk) or stale (analysed while the relay kept up, so they say
+/// nothing is pending). Left to them, the planner turned the probes into anti-joins that
+/// read the whole key index once per candidate: 90 s for one claim at 200 000 pending
+/// (docs/benchmarks.md, scenario 5). So each probe is a subplan run once per candidate:
+/// - `m` is the first unfinished row of its key: a scalar subquery (never turned into a
+///   join) over `_key_unfinished`, whose predicate it repeats, ordered by all three
+///   index columns so that the primary key cannot serve the order instead (a walk from
+///   the oldest row of the table);
+/// - no row of the key is in flight: `NOT EXISTS … OFFSET 0` (the `OFFSET` keeps it
+///   from becoming an anti-join), a lookup in `_key_in_flight`.
+fn head_of_key(t: &str, dialect: Dialect) -> String {
+    if dialect == Dialect::Postgres {
+        return format!(
+            "m.seq = (SELECT e.seq FROM {t} e WHERE e.service = m.service \
+             AND e.partition_key = m.partition_key AND e.status IN ('pending', 'in_flight') \
+             ORDER BY e.service, e.partition_key, e.seq LIMIT 1) \
+             AND NOT EXISTS (SELECT 1 FROM {t} f WHERE f.service = m.service \
+             AND f.partition_key = m.partition_key AND f.status = 'in_flight' OFFSET 0)"
+        );
+    }
     format!(
         "NOT EXISTS (SELECT 1 FROM {t} e WHERE e.service = m.service \
          AND e.partition_key = m.partition_key AND e.status = 'pending' AND e.seq < m.seq) \

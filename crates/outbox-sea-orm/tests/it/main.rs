@@ -16,6 +16,7 @@ mod errors;
 mod inbox;
 mod log;
 mod migrate;
+mod plan;
 mod routing;
 mod wake;
 
