@@ -179,8 +179,9 @@ impl RoutedOutbox {
     /// route's.
     ///
     /// All or nothing: every message is routed and checked before any SQL runs, and
-    /// the writes run in one savepoint, so an error leaves `conn` as it was and your
-    /// transaction usable.
+    /// the writes to several tables run in one savepoint (a write to one table is all
+    /// or nothing by itself, see [`SeaOrmStore::enqueue_in`]), so an error leaves
+    /// `conn` as it was and your transaction usable.
     pub async fn write_in<C>(
         &self,
         conn: &C,
@@ -236,6 +237,19 @@ impl RoutedOutbox {
             self.stores[*table].check(group)?;
         }
         if groups.is_empty() {
+            return Ok(written);
+        }
+        if groups.len() == 1 {
+            // One table, one strategy: the store's own write is all or nothing already
+            // (one round trip for up to 500 messages), so no savepoint is needed.
+            for ((table, relayed), group) in groups {
+                let store = &self.stores[table];
+                if relayed {
+                    written.enqueued = store.enqueue_in(conn, group).await?;
+                } else {
+                    written.recorded = store.record_in(conn, group).await?;
+                }
+            }
             return Ok(written);
         }
         let savepoint = conn.begin().await.map_err(db_error)?;
