@@ -26,6 +26,10 @@ pub enum ConnectError {
 /// Opens a connection pool on `url` (`postgres://…`, `mysql://…`, `sqlite:path` or
 /// `sqlite::memory:`).
 ///
+/// A pooled connection is pinged before it is handed out only when it has been idle
+/// for 30 s or more (sqlx pings on every checkout by default: a round trip more for
+/// every transaction, a quarter of a relay's per-batch round trips).
+///
 /// SQLite files are created if missing and use write-ahead logging with a 5 s busy
 /// timeout, so relays and writers in several processes wait for each other instead of
 /// failing. SQLite gets one connection per pool (in memory, that is the only way to
@@ -44,7 +48,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, ConnectError> {
     options
         .sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10));
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire_if_idle_for(Duration::from_secs(30));
     #[cfg(feature = "sqlite")]
     options.map_sqlx_sqlite_opts(|o| {
         o.create_if_missing(true)
