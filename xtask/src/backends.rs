@@ -135,7 +135,7 @@ impl Kind {
     pub(crate) const DATABASES: [Self; 2] = [Self::Postgres, Self::Mariadb];
 
     /// The name in the pids file, and the server's subdirectory.
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Mariadb => "mariadb",
@@ -206,14 +206,42 @@ impl Kind {
 /// [`Backends::keep_running`] disarmed it.
 pub(crate) struct Backends {
     dir: PathBuf,
+    /// How the servers are configured: for tests, or for benchmarks.
+    profile: Profile,
     /// The workspace's root, for the tools cache.
     workspace_root: PathBuf,
     root: bool,
     servers: Vec<Server>,
     env: Vec<(&'static str, String)>,
+    /// Each started server's title with its version.
+    titles: Vec<(Kind, String)>,
     on_drop: OnDrop,
     watchdog: Option<Watchdog>,
 }
+
+/// How xtask configures the servers it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// `test` and `backends start`: PostgreSQL without fsync or synchronous commit
+    /// (the data is thrown away; durability would only slow the tests down).
+    Test,
+    /// `bench`: PostgreSQL durable, as in production ([`BENCH_POSTGRES_SETTINGS`]).
+    Bench,
+}
+
+/// The PostgreSQL settings of `cargo xtask bench`, beyond initdb's defaults: durable
+/// commits (fsync, synchronous commit and full-page writes on, as in production), a
+/// buffer cache large enough for every benchmark table, and checkpoints spaced so that
+/// none falls in the middle of a measured run by size. docs/benchmarks.md lists them.
+pub(crate) const BENCH_POSTGRES_SETTINGS: &[(&str, &str)] = &[
+    ("fsync", "on"),
+    ("synchronous_commit", "on"),
+    ("full_page_writes", "on"),
+    ("shared_buffers", "1GB"),
+    ("max_wal_size", "8GB"),
+    ("checkpoint_timeout", "30min"),
+    ("max_connections", "300"),
+];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum OnDrop {
@@ -248,10 +276,12 @@ impl Backends {
     pub(crate) fn none() -> Self {
         Self {
             dir: PathBuf::new(),
+            profile: Profile::Test,
             workspace_root: PathBuf::new(),
             root: false,
             servers: Vec::new(),
             env: Vec::new(),
+            titles: Vec::new(),
             on_drop: OnDrop::Nothing,
             watchdog: None,
         }
@@ -261,10 +291,21 @@ impl Backends {
     /// fresh directory under `target/xtask-backends/`. A server whose variable
     /// is already set is not started: the tests use the one the variable names.
     pub(crate) fn for_tests(workspace_root: &Path, wanted: &[Kind]) -> Result<Self> {
+        Self::start_fresh(workspace_root, wanted, Profile::Test)
+    }
+
+    /// Starts the servers of `wanted` for `cargo xtask bench`, configured with
+    /// [`Profile::Bench`], always its own: servers named by `OUTBOX_TEST_*` variables
+    /// are not used, since their configuration is unknown.
+    pub(crate) fn for_bench(workspace_root: &Path, wanted: &[Kind]) -> Result<Self> {
+        Self::start_fresh(workspace_root, wanted, Profile::Bench)
+    }
+
+    fn start_fresh(workspace_root: &Path, wanted: &[Kind], profile: Profile) -> Result<Self> {
         let mut kinds = Vec::new();
         for &kind in wanted {
             match std::env::var(kind.env_var()) {
-                Ok(url) if !url.is_empty() => note(&format!(
+                Ok(url) if !url.is_empty() && profile == Profile::Test => note(&format!(
                     "{} is set: the tests use {url}; not starting {}",
                     kind.env_var(),
                     kind.title()
@@ -298,6 +339,7 @@ impl Backends {
         }
         create_dir(&dir)?;
         let mut backends = Self::new(dir, workspace_root, OnDrop::StopAndRemove)?;
+        backends.profile = profile;
         backends.watchdog = Some(Watchdog::spawn(&backends.dir)?);
         backends.start(&kinds)?;
         backends.export_programs_at_hand(&external, workspace_root);
@@ -307,10 +349,12 @@ impl Backends {
     fn new(dir: PathBuf, workspace_root: &Path, on_drop: OnDrop) -> Result<Self> {
         Ok(Self {
             dir,
+            profile: Profile::Test,
             workspace_root: workspace_root.to_path_buf(),
             root: is_root()?,
             servers: Vec::new(),
             env: Vec::new(),
+            titles: Vec::new(),
             on_drop,
             watchdog: None,
         })
@@ -427,9 +471,18 @@ impl Backends {
         initdb.current_dir(&home);
         run_captured("initdb", &mut initdb, None)?;
 
+        let settings: String = match self.profile {
+            Profile::Test => "-c max_connections=300 -c fsync=off -c synchronous_commit=off \
+                              -c full_page_writes=off"
+                .to_owned(),
+            Profile::Bench => BENCH_POSTGRES_SETTINGS
+                .iter()
+                .map(|(name, value)| format!("-c {name}={value}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=300 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} {settings}",
             shell_quote(&home.to_string_lossy())
         );
         let mut pg_ctl = run_as(user, &pg.bin.join("pg_ctl"));
@@ -743,7 +796,13 @@ impl Backends {
             seconds(started.elapsed())
         ));
         self.env.push((kind.env_var(), value.to_owned()));
+        self.titles.push((kind, title.to_owned()));
         Ok(())
+    }
+
+    /// What each server started here is, with its version (e.g. "PostgreSQL 15.18").
+    pub(crate) fn titles(&self) -> &[(Kind, String)] {
+        &self.titles
     }
 
     /// Adds a started server to the pids file and to the watchdog's list.

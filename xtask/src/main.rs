@@ -9,10 +9,12 @@
 //! pip (see [`backends`] and [`tools`]).
 
 mod backends;
+mod graphile;
 mod system;
 mod tools;
 
 use std::ffi::OsString;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -61,26 +63,35 @@ COMMANDS:
                     each service's outbox table; fresh touches only the outbox
                     tables, never the application's (`cargo xtask migrate help`)
     bench [--quick] [SCENARIO...] [-- ARGS]
-                    start the servers the scenarios need (as `test` does, with
-                    the build prerequisites of outbox-kafka), run each
-                    scenario's example, then stop the servers; fails if a run
-                    fails. SCENARIO (default: all, in this order):
-        claim           claim time with 1M finished rows retained versus
-                        none, on PostgreSQL and MariaDB (example bench_claim of
-                        outbox-sea-orm); fails if the ratio exceeds 1.5
+                    build the scenarios with the `bench` profile (optimised),
+                    start their servers with the benchmark configuration
+                    (PostgreSQL durable: fsync and synchronous commit on; never
+                    the servers OUTBOX_TEST_* name), run each scenario, then
+                    write the report: docs/benchmarks.md with its charts in
+                    docs/bench/ after a complete full run, otherwise
+                    target/bench/benchmarks.md; fails if a run fails.
+                    SCENARIO (default: all, in this order):
+        enqueue         a business transaction alone, with our enqueue, with a
+                        hand-written INSERT, and with the bulk path; 8 writers
+        drain           drain a 200k backlog, no-op publisher, 1/2/4 relays
+        kafka-drain     the same backlog to Kafka (tansu) against raw rdkafka
         latency         commit-to-broker-ack latency on PostgreSQL and tansu
                         with in-process, cross-process (NOTIFY) and no wake-ups,
                         and what NOTIFY costs writers (example bench_latency of
-                        outbox-kafka); reports the issue-8 targets (p50 <= 5 ms,
-                        p99 <= 25 ms at 1000/s) without failing on them, and
-                        writes target/bench/latency.json
-        --quick         shorter runs (about 2.5 minutes in all once built):
-                        claim with 200000 finished rows, latency with 2 s runs
-                        and no search for the maximum rate
-                    ARGS go to the example of the one SCENARIO named, or to
-                    bench_claim when none is (e.g. -- --finished 200000); an
-                    example's --help lists its own (`cargo run -p outbox-kafka
-                    --example bench_latency -- --help`)
+                        outbox-kafka); reports the targets without failing
+        history         claim cost and drain rate with 0, 1M and 5M finished
+                        rows, and on a table without statistics
+        ceiling         plain-SQL UPDATE/DELETE ... RETURNING loops, 2 clients:
+                        the database's ceiling, and the relay's share of it
+        peers           pgmq (Rust client) and graphile-worker 0.17.3 (npm,
+                        installed into target/xtask-tools) on the same backlog
+        claim           claim time with 1M finished rows retained versus
+                        none, on PostgreSQL and MariaDB (example bench_claim of
+                        outbox-sea-orm); fails if the ratio exceeds 1.5
+        --quick         smaller backlogs, one measured run each (under 3
+                        minutes once built)
+                    ARGS go to the one SCENARIO named (`cargo run -p
+                    outbox-bench -- SCENARIO --help` lists them)
     help            print this text (also -h, --help)
 
 ENVIRONMENT:
@@ -327,14 +338,17 @@ fn migrate_command(workspace: &Workspace, args: &[String]) -> Command {
     cmd
 }
 
-/// `cargo xtask bench`: the benchmark scenarios (see [`Scenario`]), each an example of
-/// a workspace crate run against servers started as for `test`.
+/// `cargo xtask bench`: the benchmark scenarios (see [`Scenario`]), run against
+/// servers started for them with the benchmark configuration
+/// ([`backends::Profile::Bench`]: PostgreSQL durable, as in production).
 ///
-/// It runs in the dev profile (workspace crates at `opt-level` 0, dependencies at 1),
-/// sharing the tests' build: the claim benchmark reports a ratio of two databases
-/// measured side by side, which the optimisation level does not change, and the
-/// latency benchmark's time is spent waiting on PostgreSQL and the broker, not in
-/// Rust code (docs/benchmarks.md).
+/// Everything is built with the `bench` profile (optimised, like a release build, so
+/// that throughput figures are not those of unoptimised code; it shares
+/// `target/release`). Each scenario writes its section of the report under
+/// `target/bench`; at the end `outbox-bench report` assembles them into a page:
+/// docs/benchmarks.md (and its charts in docs/bench/) after a full run of every
+/// scenario, `target/bench/benchmarks.md` otherwise, so a quick or partial run never
+/// overwrites the published figures.
 fn bench(args: &[String]) -> Result<()> {
     let workspace = Workspace::locate()?;
     let args = BenchArgs::parse(args)?;
@@ -345,14 +359,38 @@ fn bench(args: &[String]) -> Result<()> {
 
     // Build before starting the servers: a compile error starts nothing, and the
     // runs below do not pay for the build. outbox-kafka builds librdkafka with cmake.
-    if args.scenarios.iter().any(|s| s.needs_build_packages()) {
-        system::ensure_build_packages()?;
-    }
+    system::ensure_build_packages()?;
+    let mut builds: Vec<(&str, Option<&str>)> = Vec::new();
     for scenario in &args.scenarios {
+        let target = (scenario.package(), scenario.example());
+        if !builds.contains(&target) {
+            builds.push(target);
+        }
+    }
+    for (package, example) in &builds {
         let mut build = workspace.cargo();
-        build.args(["build", "-p", scenario.package(), "--example"]);
-        build.arg(scenario.example());
-        step(&format!("build {}", scenario.example()), &mut build)?;
+        build.args(["build", "--profile", "bench", "-p", package]);
+        match example {
+            Some(example) => build.args(["--example", example]),
+            None => build.args(["--features", "kafka"]),
+        };
+        step(&format!("build {}", example.unwrap_or(package)), &mut build)?;
+    }
+    let graphile_worker = if args.scenarios.contains(&Scenario::Peers) {
+        Some(graphile::ensure_graphile_worker(&tools::tools_root(
+            &workspace.root,
+        ))?)
+    } else {
+        None
+    };
+
+    let out = workspace.root.join("target/bench");
+    fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+    for scenario in &args.scenarios {
+        // A section left by an earlier run must not pass for this run's.
+        for ext in ["json", "md"] {
+            let _ = fs::remove_file(out.join(format!("{}.{ext}", scenario.name())));
+        }
     }
 
     // Every server any scenario needs, in one directory; stopped (and the directory
@@ -361,7 +399,8 @@ fn bench(args: &[String]) -> Result<()> {
         .into_iter()
         .filter(|kind| args.scenarios.iter().any(|s| s.backends().contains(kind)))
         .collect();
-    let backends = Backends::for_tests(&workspace.root, &kinds)?;
+    let backends = Backends::for_bench(&workspace.root, &kinds)?;
+    write_bench_env(&out, &args, &backends, graphile_worker.as_deref())?;
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     let mut timings = Vec::new();
@@ -369,16 +408,22 @@ fn bench(args: &[String]) -> Result<()> {
         let scenario_started = std::time::Instant::now();
         let ctx = BenchContext {
             backends: &backends,
-            workspace: &workspace,
             quick: args.quick,
+            out: &out,
+            graphile_worker: graphile_worker.as_deref(),
             extra: args.extra_for(*scenario),
         };
         match scenario.runs(&ctx) {
             Ok(runs) => {
                 for run in runs {
                     let mut cmd = workspace.cargo();
-                    cmd.args(["run", "--quiet", "-p", scenario.package(), "--example"]);
-                    cmd.arg(scenario.example()).arg("--").args(&run.args);
+                    cmd.args(["run", "--quiet", "--profile", "bench", "-p"]);
+                    cmd.arg(scenario.package());
+                    match scenario.example() {
+                        Some(example) => cmd.args(["--example", example]),
+                        None => cmd.args(["--features", "kafka"]),
+                    };
+                    cmd.arg("--").args(&run.args);
                     if let Err(err) = step(&run.title, &mut cmd) {
                         failures.push(err);
                     }
@@ -395,11 +440,37 @@ fn bench(args: &[String]) -> Result<()> {
     let elapsed = started.elapsed();
     drop(backends);
 
+    // The page: the published one only from a complete, full run.
+    let complete =
+        !args.quick && args.scenarios.len() == Scenario::ALL.len() && failures.is_empty();
+    let (page, charts) = if complete {
+        (
+            workspace.root.join("docs/benchmarks.md"),
+            workspace.root.join("docs/bench"),
+        )
+    } else {
+        (out.join("benchmarks.md"), out.join("charts"))
+    };
+    let mut report = workspace.cargo();
+    report.args(["run", "--quiet", "--profile", "bench", "-p", "outbox-bench"]);
+    report.args(["--features", "kafka", "--", "report", "--dir"]);
+    report
+        .arg(&out)
+        .arg("--out")
+        .arg(&page)
+        .arg("--charts")
+        .arg(&charts);
+    if let Err(err) = step("report", &mut report) {
+        failures.push(err);
+    }
+
     if failures.is_empty() {
         println!(
-            "\n[xtask] benchmarks passed in {:.0}s ({}; build and server start-up excluded)",
+            "\n[xtask] benchmarks passed in {:.0}s ({}; build and server start-up excluded); \
+             report: {}",
             elapsed.as_secs_f64(),
-            timings.join(", ")
+            timings.join(", "),
+            page.display()
         );
         Ok(())
     } else {
@@ -412,29 +483,129 @@ fn bench(args: &[String]) -> Result<()> {
     }
 }
 
-/// A benchmark scenario of `cargo xtask bench`: an example of a workspace crate, the
-/// servers it needs, and the runs it makes of the example. A new scenario is a new
-/// variant here (and a line in USAGE).
+/// Writes `target/bench/env.json`: what the report's "Machine and versions" lists
+/// beyond what it reads from the machine itself.
+fn write_bench_env(
+    out: &Path,
+    args: &BenchArgs,
+    backends: &Backends,
+    graphile_worker: Option<&Path>,
+) -> Result<()> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut put = |key: &str, value: String| env.push((key.to_owned(), value));
+    let scenarios: Vec<&str> = args.scenarios.iter().map(|s| s.name()).collect();
+    put(
+        "command",
+        format!(
+            "cargo xtask bench{} {}",
+            if args.quick { " --quick" } else { "" },
+            scenarios.join(" ")
+        ),
+    );
+    put("quick", args.quick.to_string());
+    for (kind, title) in backends.titles() {
+        put(kind.name(), title.clone());
+    }
+    put(
+        "postgresql settings",
+        backends::BENCH_POSTGRES_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    if let Ok(output) = Command::new("rustc").arg("--version").output() {
+        put(
+            "rustc",
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        );
+    }
+    put(
+        "build",
+        "cargo profile `bench` (release: opt-level 3, line tables only)".to_owned(),
+    );
+    if let Some(path) = graphile_worker {
+        put(
+            "graphile-worker",
+            format!("{} ({})", graphile::GRAPHILE_WORKER_VERSION, path.display()),
+        );
+    }
+    let fields: Vec<String> = env
+        .iter()
+        .map(|(key, value)| format!("  {}: {}", json_string(key), json_string(value)))
+        .collect();
+    let path = out.join("env.json");
+    fs::write(&path, format!("{{\n{}\n}}\n", fields.join(",\n")))
+        .with_context(|| format!("could not write {}", path.display()))
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A benchmark scenario of `cargo xtask bench`: a subcommand of the `outbox-bench`
+/// binary (`crates/outbox-bench`) or an example of a workspace crate, the servers it
+/// needs, and the runs it makes. A new scenario is a new variant here (and a line in
+/// USAGE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
+    /// 1. Enqueue overhead against a hand-written INSERT, 8 writers.
+    Enqueue,
+    /// 2. Drain throughput with a no-op publisher, 1, 2 and 4 relays.
+    Drain,
+    /// 3. Drain throughput to Kafka (tansu) against raw rdkafka.
+    KafkaDrain,
+    /// 4. Commit-to-broker-ack latency and the cost of NOTIFY, on PostgreSQL and tansu
+    ///    (`crates/outbox-kafka/examples/bench_latency/`); reports the targets, never
+    ///    fails on them.
+    Latency,
+    /// 5. Claim cost and drain rate with 0, 1M and 5M finished rows, and on a table
+    ///    without statistics.
+    History,
+    /// 6. The database's ceiling in plain SQL, and the relay's share of it.
+    Ceiling,
+    /// 7. pgmq and graphile-worker side by side with the relay.
+    Peers,
     /// Claim time with 1M finished rows retained versus none, on PostgreSQL and
     /// MariaDB (`crates/outbox-sea-orm/examples/bench_claim.rs`, docs/storage.md);
     /// fails above a ratio of 1.5.
     Claim,
-    /// Commit-to-broker-ack latency and the cost of NOTIFY, on PostgreSQL and tansu
-    /// (`crates/outbox-kafka/examples/bench_latency/`, docs/benchmarks.md); reports
-    /// the targets, never fails on them.
-    Latency,
 }
 
 impl Scenario {
     /// In the order they run.
-    const ALL: [Self; 2] = [Self::Claim, Self::Latency];
+    const ALL: [Self; 8] = [
+        Self::Enqueue,
+        Self::Drain,
+        Self::KafkaDrain,
+        Self::Latency,
+        Self::History,
+        Self::Ceiling,
+        Self::Peers,
+        Self::Claim,
+    ];
 
     fn name(self) -> &'static str {
         match self {
-            Self::Claim => "claim",
+            Self::Enqueue => "enqueue",
+            Self::Drain => "drain",
+            Self::KafkaDrain => "kafka-drain",
             Self::Latency => "latency",
+            Self::History => "history",
+            Self::Ceiling => "ceiling",
+            Self::Peers => "peers",
+            Self::Claim => "claim",
         }
     }
 
@@ -446,30 +617,31 @@ impl Scenario {
         match self {
             Self::Claim => "outbox-sea-orm",
             Self::Latency => "outbox-kafka",
+            _ => "outbox-bench",
         }
     }
 
-    fn example(self) -> &'static str {
+    /// The example, for the scenarios that are one; the others are subcommands of
+    /// `outbox-bench` (built with its `kafka` feature).
+    fn example(self) -> Option<&'static str> {
         match self {
-            Self::Claim => "bench_claim",
-            Self::Latency => "bench_latency",
+            Self::Claim => Some("bench_claim"),
+            Self::Latency => Some("bench_latency"),
+            _ => None,
         }
     }
 
     fn backends(self) -> &'static [Kind] {
         match self {
             Self::Claim => &Kind::DATABASES,
-            Self::Latency => &[Kind::Postgres, Kind::Kafka],
+            Self::Latency | Self::KafkaDrain => &[Kind::Postgres, Kind::Kafka],
+            _ => &[Kind::Postgres],
         }
     }
 
-    /// Whether its crate needs cmake and libcurl's headers (librdkafka).
-    fn needs_build_packages(self) -> bool {
-        matches!(self, Self::Latency)
-    }
-
-    /// The runs of the example: a title and its arguments each.
+    /// The runs of the scenario: a title and its arguments each.
     fn runs(self, ctx: &BenchContext<'_>) -> Result<Vec<BenchRun>> {
+        let quick = ctx.quick.then(|| "--quick".to_owned());
         match self {
             Self::Claim => Kind::DATABASES
                 .into_iter()
@@ -489,7 +661,6 @@ impl Scenario {
                 })
                 .collect(),
             Self::Latency => {
-                let json = ctx.workspace.root.join("target/bench/latency.json");
                 let broker = if ctx.started(Kind::Kafka) {
                     format!("tansu {TANSU_VERSION}")
                 } else {
@@ -500,17 +671,39 @@ impl Scenario {
                     ctx.server(Kind::Postgres)?,
                     "--bootstrap".to_owned(),
                     ctx.server(Kind::Kafka)?,
-                    "--json".to_owned(),
-                    json.to_string_lossy().into_owned(),
+                    "--out".to_owned(),
+                    ctx.out.to_string_lossy().into_owned(),
                     "--broker".to_owned(),
                     broker,
                 ];
-                if ctx.quick {
-                    args.push("--quick".to_owned());
-                }
+                args.extend(quick);
                 args.extend(ctx.extra.iter().cloned());
                 Ok(vec![BenchRun {
                     title: "latency benchmark on PostgreSQL and Kafka".to_owned(),
+                    args,
+                }])
+            }
+            _ => {
+                let mut args = vec![
+                    self.name().to_owned(),
+                    "--database-url".to_owned(),
+                    ctx.server(Kind::Postgres)?,
+                    "--out".to_owned(),
+                    ctx.out.to_string_lossy().into_owned(),
+                ];
+                if self == Self::KafkaDrain {
+                    args.extend(["--bootstrap".to_owned(), ctx.server(Kind::Kafka)?]);
+                }
+                if let (Self::Peers, Some(path)) = (self, ctx.graphile_worker) {
+                    args.extend([
+                        "--graphile-worker".to_owned(),
+                        path.to_string_lossy().into_owned(),
+                    ]);
+                }
+                args.extend(quick);
+                args.extend(ctx.extra.iter().cloned());
+                Ok(vec![BenchRun {
+                    title: format!("{} benchmark", self.name()),
                     args,
                 }])
             }
@@ -521,15 +714,17 @@ impl Scenario {
 /// What a scenario's runs are built from.
 struct BenchContext<'a> {
     backends: &'a Backends,
-    workspace: &'a Workspace,
     quick: bool,
+    /// `target/bench`: where the sections go.
+    out: &'a Path,
+    /// The installed `graphile-worker` command, for `peers`.
+    graphile_worker: Option<&'a Path>,
     /// The ARGS after `--`, when they are this scenario's.
     extra: &'a [String],
 }
 
 impl BenchContext<'_> {
-    /// The URL (or `host:port`) of a server: the one started here, or the one its
-    /// variable already named.
+    /// The URL (or `host:port`) of a server started here.
     fn server(&self, kind: Kind) -> Result<String> {
         let var = kind.env_var();
         self.backends
@@ -537,8 +732,7 @@ impl BenchContext<'_> {
             .iter()
             .find(|(name, _)| *name == var)
             .map(|(_, url)| url.clone())
-            .or_else(|| std::env::var(var).ok().filter(|url| !url.is_empty()))
-            .with_context(|| format!("no server for {}: {var} is empty", kind.title()))
+            .with_context(|| format!("no server for {}", kind.title()))
     }
 
     fn started(&self, kind: Kind) -> bool {
@@ -549,7 +743,7 @@ impl BenchContext<'_> {
     }
 }
 
-/// One run of a scenario's example.
+/// One run of a scenario.
 struct BenchRun {
     title: String,
     args: Vec<String>,
@@ -564,9 +758,8 @@ struct BenchArgs {
     scenarios: Vec<Scenario>,
     /// ARGS, for [`Self::extra_for`].
     extra: Vec<String>,
-    /// The scenario ARGS go to: the one named, or `claim` when none is (the meaning
-    /// of `cargo xtask bench -- ARGS` before there were scenarios).
-    extra_target: Scenario,
+    /// The scenario ARGS go to: the one named.
+    extra_target: Option<Scenario>,
 }
 
 impl BenchArgs {
@@ -591,10 +784,10 @@ impl BenchArgs {
                 },
             }
         }
-        if named.len() > 1 && !extra.is_empty() {
+        if named.len() != 1 && !extra.is_empty() {
             bail!("`cargo xtask bench`: ARGS after `--` need exactly one scenario, got {named:?}");
         }
-        let extra_target = named.first().copied().unwrap_or(Scenario::Claim);
+        let extra_target = named.first().copied();
         let scenarios = Scenario::ALL
             .into_iter()
             .filter(|s| named.is_empty() || named.contains(s))
@@ -610,7 +803,7 @@ impl BenchArgs {
 
     /// The ARGS of `scenario`'s example.
     fn extra_for(&self, scenario: Scenario) -> &[String] {
-        if scenario == self.extra_target {
+        if Some(scenario) == self.extra_target {
             &self.extra
         } else {
             &[]
@@ -755,15 +948,23 @@ mod tests {
         assert_eq!(all.scenarios, Scenario::ALL);
         assert!(!all.quick);
 
-        // ARGS without a scenario go to the claim benchmark, as before scenarios.
-        let args = BenchArgs::parse(&strings(&["--quick", "--", "--finished", "200000"])).unwrap();
+        let args = BenchArgs::parse(&strings(&[
+            "--quick",
+            "claim",
+            "--",
+            "--finished",
+            "200000",
+        ]))
+        .unwrap();
         assert!(args.quick);
-        assert_eq!(args.scenarios, Scenario::ALL);
+        assert_eq!(args.scenarios, [Scenario::Claim]);
         assert_eq!(
             args.extra_for(Scenario::Claim),
             &strings(&["--finished", "200000"])[..]
         );
         assert!(args.extra_for(Scenario::Latency).is_empty());
+        // ARGS without a scenario have no scenario to go to.
+        assert!(BenchArgs::parse(&strings(&["--", "--finished", "1"])).is_err());
 
         let args = BenchArgs::parse(&strings(&["latency", "--", "--runs", "5"])).unwrap();
         assert_eq!(args.scenarios, [Scenario::Latency]);

@@ -2,12 +2,12 @@
 //! wake-ups, and what the coalesced `NOTIFY` costs the writers.
 //!
 //! Run through `cargo xtask bench`, which starts PostgreSQL and a Kafka-protocol broker
-//! (tansu) and writes `target/bench/latency.json`. By hand:
+//! (tansu) and writes its section of the report into `target/bench`. By hand:
 //!
 //! ```text
 //! cargo run -p outbox-kafka --example bench_latency -- \
 //!     --database-url postgres://postgres@127.0.0.1:5432/postgres \
-//!     --bootstrap 127.0.0.1:9092 [--quick] [--json latency.json]
+//!     --bootstrap 127.0.0.1:9092 [--quick] [--out target/bench]
 //! ```
 //!
 //! Method (docs/benchmarks.md has the numbers and the discussion):
@@ -104,9 +104,11 @@ pub(crate) struct Args {
     /// The Kafka broker's host:port.
     #[arg(long, env = "BENCH_KAFKA_BOOTSTRAP")]
     pub(crate) bootstrap: String,
-    /// Also write the results as JSON to this file.
+    /// Also write the results, as a section of `cargo xtask bench`'s report, into this
+    /// directory: `latency.md` (the markdown below) and `latency.json` (every figure,
+    /// with the targets and the chart).
     #[arg(long)]
-    pub(crate) json: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Short runs (0.5 s warm-up and 2 s per run, shorter NOTIFY rounds) and no search
     /// for the maximum rate: about two minutes.
     #[arg(long)]
@@ -323,18 +325,25 @@ async fn bench(args: &Args, url: &str) -> Result<()> {
         baseline,
         took: started.elapsed(),
     };
-    print!("{}", report.markdown(args));
-    if let Some(path) = &args.json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("could not create {}", dir.display()))?;
-        }
+    let markdown = report.markdown(args);
+    print!("{markdown}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+        let body = format!("{}{markdown}", report.setup.markdown());
+        let md = dir.join("latency.md");
+        std::fs::write(&md, body).with_context(|| format!("could not write {}", md.display()))?;
+        let json = dir.join("latency.json");
         std::fs::write(
-            path,
-            serde_json::to_string_pretty(&report.json(args))? + "\n",
+            &json,
+            serde_json::to_string_pretty(&report.section(args))? + "\n",
         )
-        .with_context(|| format!("could not write {}", path.display()))?;
-        println!("\nJSON written to {}", path.display());
+        .with_context(|| format!("could not write {}", json.display()))?;
+        println!(
+            "\nsection written to {} and {}",
+            md.display(),
+            json.display()
+        );
     }
     Ok(())
 }

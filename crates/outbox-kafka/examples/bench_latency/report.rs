@@ -380,6 +380,58 @@ impl Report {
         out
     }
 
+    /// The report as a section of `cargo xtask bench`'s page (the shape of
+    /// `outbox-bench`'s `Section`): the figures, the issue-8 targets at the target rate
+    /// for the modes that have them, and a chart of p50/p99/p999 per cell.
+    pub(crate) fn section(&self, args: &Args) -> Value {
+        let mut targets = Vec::new();
+        for c in self.cells.iter().filter(|c| c.meets().is_some()) {
+            let l = &c.summary.latency;
+            for (what, value, bound) in [("p50", l.p50, TARGET_P50), ("p99", l.p99, TARGET_P99)] {
+                targets.push(json!({
+                    "what": format!("{what} at {:.0}/s, {}", c.target_rate, c.mode.name()),
+                    "goal": format!("≤ {} ms", bound.as_millis()),
+                    "measured": format!("{} ms", ms(value)),
+                    "met": value <= bound,
+                }));
+            }
+        }
+        let groups: Vec<String> = self
+            .cells
+            .iter()
+            .map(|c| format!("{}, {:.0}/s", c.mode.name(), c.target_rate))
+            .collect();
+        let series: Vec<Value> = [("p50", 0), ("p99", 1), ("p999", 2)]
+            .into_iter()
+            .map(|(name, i)| {
+                let values: Vec<f64> = self
+                    .cells
+                    .iter()
+                    .map(|c| {
+                        let l = &c.summary.latency;
+                        ms_f([l.p50, l.p99, l.p999][i])
+                    })
+                    .collect();
+                json!([name, values])
+            })
+            .collect();
+        json!({
+            "name": "latency",
+            "title": "4. Commit-to-ack latency",
+            "quick": args.quick,
+            "finished_at": Utc::now().to_rfc3339(),
+            "data": self.json(args),
+            "targets": targets,
+            "charts": [{
+                "name": "latency",
+                "title": "Commit-to-broker-ack latency (median of runs)",
+                "unit": "ms",
+                "groups": groups,
+                "series": series,
+            }],
+        })
+    }
+
     pub(crate) fn json(&self, args: &Args) -> Value {
         let relay = RelayConfig::default();
         let cells: Vec<Value> = self
