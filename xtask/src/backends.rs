@@ -241,6 +241,9 @@ pub(crate) const BENCH_POSTGRES_SETTINGS: &[(&str, &str)] = &[
     ("max_wal_size", "8GB"),
     ("checkpoint_timeout", "30min"),
     ("max_connections", "300"),
+    // The drain scenario reads where the relay's database time goes from it.
+    ("shared_preload_libraries", "pg_stat_statements"),
+    ("track_io_timing", "on"),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use outbox_domain::OutboxMessage;
 use outbox_ports::{PublishError, PublishOutcome, Publisher};
 use outbox_runtime::{CancellationToken, Relay, RelayConfig};
 use outbox_sea_orm::{SeaOrmStore, StoreConfig};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -110,6 +111,63 @@ pub(crate) async fn drain_with(
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
+/// One statement of the relay's, as `pg_stat_statements` saw it over a drain.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct StatementCost {
+    /// The statement, shortened.
+    pub(crate) query: String,
+    /// Times it ran.
+    pub(crate) calls: i64,
+    /// Its total execution time, ms.
+    pub(crate) total_ms: f64,
+    /// Rows it returned or changed.
+    pub(crate) rows: i64,
+    /// WAL records it wrote.
+    pub(crate) wal_records: i64,
+}
+
+/// The statements of a drain with 1 relay, by total execution time, from
+/// `pg_stat_statements` (when the server preloads it, as `cargo xtask bench` does):
+/// where the database time of a drain goes. `None` when it is not available.
+async fn profile_drain(db: &Db, n: u64, keys: u64) -> Result<Option<(f64, Vec<StatementCost>)>> {
+    if db
+        .exec("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .is_err()
+    {
+        return Ok(None);
+    }
+    db.empty_outbox().await?;
+    db.fill_pending(n, keys, true).await?;
+    if db.exec("SELECT pg_stat_statements_reset()").await.is_err() {
+        // Created, but not preloaded by the server.
+        return Ok(None);
+    }
+    let rate = drain_with(db, 1, n, |_| Ok(Arc::new(NoopPublisher))).await?;
+    let rows = db
+        .conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.conn.get_database_backend(),
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 160) AS query, calls, \
+             total_exec_time, rows, wal_records FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%COUNT(*)%' \
+             ORDER BY total_exec_time DESC LIMIT 8",
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(StatementCost {
+            query: r.try_get("", "query")?,
+            calls: r.try_get("", "calls")?,
+            total_ms: r.try_get("", "total_exec_time")?,
+            rows: r.try_get("", "rows")?,
+            wal_records: r.try_get::<Option<i64>>("", "wal_records")?.unwrap_or(0),
+        });
+    }
+    Ok(Some((rate, out)))
+}
+
 /// Runs scenario 2.
 pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
     let n = ctx.size(200_000, 20_000);
@@ -136,6 +194,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
         medians.push(m);
         rows.push(json!({ "relays": relays, "events_per_s": values, "median": m }));
     }
+    let profile = profile_drain(&db, n, keys).await?;
     section.markdown = format!(
         "A backlog of {n} messages over {keys} keys, drained by 1, 2 and 4 relays (each \
          its own `Relay` with its own pool of {POOL_PER_RELAY} connections, batch {BATCH}, \
@@ -160,8 +219,37 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
             ))
             .collect::<String>()
     );
-    section.data =
-        json!({ "messages": n, "keys": keys, "batch": BATCH, "plan": plan, "runs": rows });
+    if let Some((rate, statements)) = &profile {
+        let secs = n as f64 / rate;
+        section.markdown.push_str(&format!(
+            "\n**Where the database time goes** (one more drain with 1 relay, {} events/s, \
+             {secs:.1} s of wall time; `pg_stat_statements`, top statements by total \
+             execution time; WAL records per row count the heap and index entries each \
+             change writes):\n\n\
+             | Statement | calls | total ms | share of wall time | rows | WAL records per row |\n\
+             |---|---|---|---|---|---|\n",
+            fmt_num(*rate)
+        ));
+        for st in statements {
+            section.markdown.push_str(&format!(
+                "| `{}` | {} | {:.0} | {:.0}% | {} | {} |\n",
+                st.query.replace('|', "\\|"),
+                st.calls,
+                st.total_ms,
+                st.total_ms / 10.0 / secs,
+                st.rows,
+                if st.rows > 0 {
+                    format!("{:.1}", st.wal_records as f64 / st.rows as f64)
+                } else {
+                    "–".into()
+                }
+            ));
+        }
+    }
+    section.data = json!({
+        "messages": n, "keys": keys, "batch": BATCH, "plan": plan, "runs": rows,
+        "profile": profile.map(|(rate, statements)| json!({ "events_per_s": rate, "statements": statements })),
+    });
     section.charts.push(Chart {
         name: "throughput".into(),
         title: format!("Drain of {n} messages, no-op publisher"),

@@ -2,7 +2,8 @@
 //!
 //! Reads every `<dir>/<name>.json` that has the shape of a [`Section`](crate::harness::Section)
 //! (other JSON files are skipped), with its `<name>.md` body and its charts
-//! (`<name>-<chart>.svg`, copied next to the page and linked relatively), and writes one
+//! (`<name>-<chart>.svg`, drawn from the JSON next to the page and linked relatively),
+//! and writes one
 //! markdown page: an introduction, a summary of every target, the machine, the method
 //! and then the sections in scenario order.
 
@@ -66,6 +67,30 @@ struct TargetFile {
 struct ChartFile {
     name: String,
     title: String,
+    unit: String,
+    groups: Vec<String>,
+    /// `null` stands for a value that was not measured (JSON has no NaN).
+    series: Vec<(String, Vec<Option<f64>>)>,
+}
+
+impl ChartFile {
+    /// The chart to draw.
+    fn chart(&self) -> crate::harness::Chart {
+        crate::harness::Chart {
+            name: self.name.clone(),
+            title: self.title.clone(),
+            unit: self.unit.clone(),
+            groups: self.groups.clone(),
+            series: self
+                .series
+                .iter()
+                .map(|(name, values)| {
+                    let values = values.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+                    (name.clone(), values)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A section with its markdown body.
@@ -92,7 +117,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The page for the sections in `dir`, to be written at `out`; copies their charts
+/// The page for the sections in `dir`, to be written at `out`; draws their charts
 /// into `charts`.
 fn assemble(dir: &Path, out: &Path, charts: &Path) -> Result<String> {
     let sections = load(dir)?;
@@ -177,18 +202,12 @@ fn assemble(dir: &Path, out: &Path, charts: &Path) -> Result<String> {
         page.push_str(s.markdown.trim());
         page.push_str("\n\n");
         for chart in &s.section.charts {
+            // Drawn from the section's JSON, so that a scenario that is no part of
+            // outbox-bench (the latency example) gets its charts too.
             let file = format!("{}-{}.svg", s.section.name, chart.name);
-            let from = dir.join(&file);
-            if !from.is_file() {
-                eprintln!(
-                    "report: {} is missing; its chart is left out",
-                    from.display()
-                );
-                continue;
-            }
-            std::fs::copy(&from, charts.join(&file)).with_context(|| {
-                format!("could not copy {} to {}", from.display(), charts.display())
-            })?;
+            let to = charts.join(&file);
+            std::fs::write(&to, crate::svg::render(&chart.chart()))
+                .with_context(|| format!("could not write {}", to.display()))?;
             let _ = writeln!(
                 page,
                 "![{}]({})\n",
