@@ -41,6 +41,10 @@ const ORDER: [&str; 7] = [
 /// How the benchmarks are run: the page's "Method".
 const METHOD: &str = include_str!("method.md");
 
+/// What profiling found behind the missed targets (kept by hand beside the code whose
+/// costs it explains; the sections' own profiles and plans are generated).
+const BOTTLENECKS: &str = include_str!("bottlenecks.md");
+
 /// A section as the scenarios write it (`harness::Section`), read back.
 #[derive(Debug, Clone, Deserialize)]
 struct SectionFile {
@@ -183,6 +187,10 @@ fn assemble(dir: &Path, out: &Path, charts: &Path) -> Result<String> {
             );
         }
     }
+
+    page.push_str("\n## Where the targets are missed, and why\n\n");
+    page.push_str(BOTTLENECKS.trim());
+    page.push('\n');
 
     page.push_str("\n## Machine and versions\n\n");
     page.push_str(&machine(dir)?);
