@@ -636,11 +636,13 @@ mod wire {
         }
     }
 
-    /// Whether `sql` inserts into the outbox table.
+    /// Whether `sql` inserts into the outbox table: a plain `INSERT`, or the store's
+    /// `WITH v (…) AS (VALUES …) INSERT INTO outbox_messages …` on PostgreSQL.
     fn is_outbox_insert(sql: &str) -> bool {
-        sql.trim_start()
-            .to_ascii_lowercase()
-            .starts_with(&format!("insert into {} ", harness::TABLE))
+        let sql = sql.trim_start().to_ascii_lowercase();
+        let insert = format!("insert into {} ", harness::TABLE);
+        sql.starts_with(&insert)
+            || (sql.starts_with("with ") && sql.contains(&format!(") {insert}")))
     }
 
     /// The big-endian `u32` at `at`, as a length.

@@ -342,10 +342,19 @@ impl SeaOrmStore {
                 sql.bind_list(row::insert_values(self.dialect, m, status, max_attempts));
             }
             if postgres {
+                // The ids are bound again for the probe: `e.id IN (…)` is a lookup in the
+                // unique index whatever the table's statistics, where a join with `v`
+                // may be planned as a scan of the whole table.
                 sql.push(&format!(
                     ") INSERT INTO {t} ({INSERT_COLUMNS}) SELECT {INSERT_COLUMNS} FROM v \
-                     WHERE NOT EXISTS (SELECT 1 FROM {t} e JOIN v ON e.id = v.id)"
-                ));
+                     WHERE NOT EXISTS (SELECT 1 FROM {t} e WHERE e.id IN "
+                ))
+                .bind_list(
+                    chunk
+                        .iter()
+                        .map(|m| self.dialect.uuid(Some(m.id.as_uuid()))),
+                )
+                .push(")");
             }
             let written = conn
                 .execute_raw(sql.build())
