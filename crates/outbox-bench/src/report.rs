@@ -494,7 +494,8 @@ mod tests {
         assert!(!enqueue.contains("**Quick run**"));
         assert!(page.contains("> **Quick run.** The sections `ceiling`"));
         // Only sections count: other.json and env.json are no sections.
-        assert_eq!(page.matches("\n## ").count(), 5);
+        // Summary, bottlenecks, machine, method, and the two sections.
+        assert_eq!(page.matches("\n## ").count(), 6);
 
         // Through `run`, the page lands where asked.
         run(&Args {

@@ -10,6 +10,7 @@ use common::{Run, Server, outbox, sql, temp_dir};
 const MIGRATION: &str = "m20261121_000001_create_outbox_tables";
 const DEAD_LETTERS: &str = "m20261121_000002_create_consumer_dead_letters";
 const LOG_POSITIONS: &str = "m20261122_000003_outbox_log_positions";
+const KEY_IN_FLIGHT: &str = "m20261123_000004_outbox_key_in_flight";
 
 fn migrate(url: &str, args: &[&str]) -> Run {
     let mut all = vec!["migrate"];
@@ -21,9 +22,9 @@ fn migrate(url: &str, args: &[&str]) -> Run {
 }
 
 /// `outbox migrate status` reports `statuses` for the three migrations, in order.
-fn assert_status(url: &str, statuses: [&str; 3]) {
+fn assert_status(url: &str, statuses: [&str; 4]) {
     let run = migrate(url, &["status"]);
-    for (migration, status) in [MIGRATION, DEAD_LETTERS, LOG_POSITIONS]
+    for (migration, status) in [MIGRATION, DEAD_LETTERS, LOG_POSITIONS, KEY_IN_FLIGHT]
         .into_iter()
         .zip(statuses)
     {
@@ -37,15 +38,15 @@ fn assert_status(url: &str, statuses: [&str; 3]) {
 /// status → up → status → down (twice) → status → up one step, an application table,
 /// fresh.
 fn up_down_status_fresh(url: &str) {
-    assert_status(url, ["Pending"; 3]);
+    assert_status(url, ["Pending"; 4]);
     let run = migrate(url, &["up"]);
-    for migration in [MIGRATION, DEAD_LETTERS, LOG_POSITIONS] {
+    for migration in [MIGRATION, DEAD_LETTERS, LOG_POSITIONS, KEY_IN_FLIGHT] {
         assert!(
             run.stdout.contains(&format!("applied      {migration}")),
             "{run}"
         );
     }
-    assert_status(url, ["Applied"; 3]);
+    assert_status(url, ["Applied"; 4]);
     sql(url, "SELECT 1 FROM outbox_messages").expect("up creates the outbox table");
     sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").expect("and the dead letters");
 
@@ -55,16 +56,23 @@ fn up_down_status_fresh(url: &str) {
     let run = migrate(url, &["down"]);
     assert!(
         run.stdout
-            .contains(&format!("rolled back  {LOG_POSITIONS}")),
+            .contains(&format!("rolled back  {KEY_IN_FLIGHT}")),
         "down rolls back one step: {run}"
     );
-    assert_status(url, ["Applied", "Applied", "Pending"]);
+    assert_status(url, ["Applied", "Applied", "Applied", "Pending"]);
+    let run = migrate(url, &["down"]);
+    assert!(
+        run.stdout
+            .contains(&format!("rolled back  {LOG_POSITIONS}")),
+        "{run}"
+    );
+    assert_status(url, ["Applied", "Applied", "Pending", "Pending"]);
     let run = migrate(url, &["down"]);
     assert!(
         run.stdout.contains(&format!("rolled back  {DEAD_LETTERS}")),
         "{run}"
     );
-    assert_status(url, ["Applied", "Pending", "Pending"]);
+    assert_status(url, ["Applied", "Pending", "Pending", "Pending"]);
     assert!(sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").is_err());
     sql(url, "SELECT 1 FROM outbox_messages").expect("the first migration stays");
     let run = migrate(url, &["down"]);
@@ -72,7 +80,7 @@ fn up_down_status_fresh(url: &str) {
         run.stdout.contains(&format!("rolled back  {MIGRATION}")),
         "{run}"
     );
-    assert_status(url, ["Pending"; 3]);
+    assert_status(url, ["Pending"; 4]);
     assert!(
         sql(url, "SELECT 1 FROM outbox_messages").is_err(),
         "down drops the outbox table"
@@ -84,10 +92,10 @@ fn up_down_status_fresh(url: &str) {
     let run = migrate(url, &["fresh"]);
     assert!(
         run.stdout
-            .contains("rolled back and re-applied 1 migration(s), applied 2 pending one(s)"),
+            .contains("rolled back and re-applied 1 migration(s), applied 3 pending one(s)"),
         "{run}"
     );
-    assert_status(url, ["Applied"; 3]);
+    assert_status(url, ["Applied"; 4]);
     sql(url, "SELECT 1 FROM outbox_messages").expect("fresh re-creates the outbox table");
     sql(url, "DELETE FROM app_rows WHERE id = 7").expect("fresh keeps the application's table");
 }

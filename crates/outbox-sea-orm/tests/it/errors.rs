@@ -61,7 +61,10 @@ async fn lost_connections_are_retryable_and_recovered(backend: Backend) {
                 .split(';')
                 .filter(|s| !s.is_empty())
             {
-                admin.execute_unprepared(statement).await.unwrap();
+                // A connection may have closed since the list was read.
+                if let Err(e) = admin.execute_unprepared(statement).await {
+                    assert!(e.to_string().contains("Unknown thread id"), "{e}");
+                }
             }
         }
     }
