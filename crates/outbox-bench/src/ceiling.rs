@@ -174,7 +174,7 @@ fn runs(values: &[f64]) -> String {
 
 /// Runs scenario 6.
 pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
-    let n = ctx.size(200_000, 20_000);
+    let n = ctx.size(200_000, 10_000);
     let plan = ctx.plan();
     let db = ctx.fresh_db("bench_ceiling").await?;
     let mut clients = Vec::with_capacity(CLIENTS);

@@ -274,7 +274,7 @@ async fn timed_run(
 /// Runs scenario 1.
 pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
     let plan = ctx.plan();
-    let duration = Duration::from_secs(ctx.size(10, 2));
+    let duration = Duration::from_secs(ctx.size(10, 1));
     let db = ctx.fresh_db(DATABASE).await?;
     db.exec(&format!(
         "ALTER DATABASE {DATABASE} SET synchronous_commit = on"

@@ -108,9 +108,9 @@ fn summarise(runs: &[Drained]) -> (f64, Dist, Vec<Value>) {
 
 /// Runs scenario 5.
 pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
-    let backlog = ctx.size(100_000, 10_000);
+    let backlog = ctx.size(100_000, 5_000);
     let levels: Vec<u64> = if ctx.quick {
-        vec![0, 200_000]
+        vec![0, 100_000]
     } else {
         vec![0, 1_000_000, 5_000_000]
     };

@@ -194,7 +194,7 @@ impl Peers {
 /// Unbatched graphile-worker drains at about 1.5k events/s here: it gets at most
 /// [`UNBATCHED_BACKLOG`] jobs, so that the full run does not spend ten minutes on it.
 pub(crate) async fn run(ctx: &Ctx, graphile_worker: Option<&Path>) -> Result<()> {
-    let n = ctx.size(200_000, 20_000);
+    let n = ctx.size(200_000, 10_000);
     let plan = ctx.plan();
 
     let ours = ctx.fresh_db("bench_peers").await?;
