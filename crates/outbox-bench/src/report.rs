@@ -207,7 +207,7 @@ fn assemble(dir: &Path, out: &Path, charts: &Path) -> Result<String> {
                  only.\n\n",
             );
         }
-        page.push_str(s.markdown.trim());
+        page.push_str(&demote_headings(s.markdown.trim()));
         page.push_str("\n\n");
         for chart in &s.section.charts {
             // Drawn from the section's JSON, so that a scenario that is no part of
@@ -383,6 +383,25 @@ fn normalise(path: &Path) -> Vec<String> {
     out
 }
 
+/// `markdown` with its headings two levels down (`#` → `###`), so that a section's own
+/// headings nest under the section's `##` heading on the page. Lines in code fences are
+/// left alone.
+fn demote_headings(markdown: &str) -> String {
+    let mut fenced = false;
+    let mut out = String::with_capacity(markdown.len() + 64);
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        if !fenced && line.starts_with('#') {
+            out.push_str("##");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +447,14 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join(format!("{name}-tps.svg")), "<svg/>").unwrap();
+    }
+
+    #[test]
+    fn section_headings_nest_under_the_section() {
+        assert_eq!(
+            demote_headings("# Setup\ntext\n## Part\n```sh\n# comment\n```"),
+            "### Setup\ntext\n#### Part\n```sh\n# comment\n```\n"
+        );
     }
 
     #[test]
