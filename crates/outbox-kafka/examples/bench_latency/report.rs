@@ -391,7 +391,7 @@ impl Report {
                 targets.push(json!({
                     "what": format!("{what} at {:.0}/s, {}", c.target_rate, c.mode.name()),
                     "goal": format!("≤ {} ms", bound.as_millis()),
-                    "measured": format!("{} ms", ms(value)),
+                    "measured": ms(value),
                     "met": value <= bound,
                 }));
             }
