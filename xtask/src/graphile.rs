@@ -6,7 +6,6 @@
 //! cache directory exists only for a finished install. npm's `.bin` links are relative,
 //! so the rename keeps them working.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -45,48 +44,10 @@ pub(crate) fn ensure_graphile_worker(tools_dir: &Path) -> Result<PathBuf> {
         );
     }
 
-    fs::create_dir_all(tools_dir)
-        .with_context(|| format!("could not create {}", tools_dir.display()))?;
-    let partial = tools_dir.join(format!("{name}.partial-{}", std::process::id()));
-    if partial.exists() {
-        fs::remove_dir_all(&partial)
-            .with_context(|| format!("could not remove {}", partial.display()))?;
-    }
-    fs::create_dir(&partial).with_context(|| format!("could not create {}", partial.display()))?;
-    if let Err(err) = npm_install(&partial) {
-        let _ = fs::remove_dir_all(&partial);
-        return Err(err);
-    }
-    if !partial.join(GRAPHILE_WORKER_BIN).is_file() {
-        let _ = fs::remove_dir_all(&partial);
-        bail!("npm installed graphile-worker without {GRAPHILE_WORKER_BIN}");
-    }
-    if dir.exists() && !bin.is_file() {
-        // An older, incomplete install (it has no command): replace it.
-        fs::remove_dir_all(&dir).with_context(|| format!("could not remove {}", dir.display()))?;
-    }
-    match fs::rename(&partial, &dir) {
-        Ok(()) => {}
-        // Another run finished first: keep its copy.
-        Err(_) if bin.is_file() => {
-            let _ = fs::remove_dir_all(&partial);
-        }
-        Err(err) => {
-            let _ = fs::remove_dir_all(&partial);
-            return Err(err).with_context(|| {
-                format!(
-                    "could not rename {} to {}",
-                    partial.display(),
-                    dir.display()
-                )
-            });
-        }
-    }
+    // Installed as the tools of `crate::tools` are: into a temporary sibling directory
+    // renamed into place once complete.
+    let bin = crate::tools::install_once(&dir, Path::new(GRAPHILE_WORKER_BIN), npm_install)?;
     check_version(&bin)?;
-    note(&format!(
-        "graphile-worker {GRAPHILE_WORKER_VERSION} installed in {}",
-        dir.display()
-    ));
     Ok(bin)
 }
 
@@ -139,6 +100,7 @@ fn check_version(bin: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn an_installed_command_is_returned_as_it_is() {

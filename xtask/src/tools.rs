@@ -175,7 +175,7 @@ pub(crate) fn ensure_pulsar_lite(workspace_root: &Path) -> Result<PulsarLite> {
 
 /// Returns `dir/binary`, first running `build` on a fresh temporary
 /// directory and renaming it to `dir` when `dir/binary` does not exist.
-fn install_once(
+pub(crate) fn install_once(
     dir: &Path,
     binary: &Path,
     build: impl FnOnce(&Path) -> Result<()>,
