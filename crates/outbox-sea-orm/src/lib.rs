@@ -62,6 +62,6 @@ pub use cursor::SeaOrmCursorStore;
 pub use dead_letter::{ParkedMessage, SeaOrmDeadLetters};
 pub use inbox::SeaOrmInbox;
 pub use routed::{RoutedOutbox, RoutedWriteError, Written};
-pub use store::{SeaOrmStore, StoreConfig};
+pub use store::{KEY_HEADS_PLAN, SeaOrmStore, StoreConfig};
 #[cfg(feature = "postgres")]
 pub use wake::{PgNotifier, PgWakeListener};

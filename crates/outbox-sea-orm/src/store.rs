@@ -30,8 +30,24 @@ use uuid::Uuid;
 /// scenario 5). The probes themselves are written so that statistics cannot spoil them
 /// either. The settings make the other plans look too expensive rather than forbid
 /// them, so a query they do not fit still runs.
+///
+/// A plan that must sort anyway (the heads key by key) then looks expensive enough for
+/// JIT compilation, which costs more than the claim: `jit` is off too.
+///
+/// The claim commits without waiting for its WAL flush (`synchronous_commit = off`), as
+/// the settlement does: a crash of PostgreSQL that loses it only hands its messages back
+/// to the pool, to be published again (at least once; docs/guarantees.md, the duplicate
+/// window). A wait for the disk in every claim is latency on every message.
 const CLAIM_PLAN: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-    SET LOCAL enable_sort = off";
+    SET LOCAL enable_sort = off; SET LOCAL jit = off; SET LOCAL synchronous_commit = off";
+
+/// Due rows a claim on PostgreSQL walks in order, per message of its batch, before it
+/// looks for heads key by key instead (see `SeaOrmStore::claim_postgres`).
+const WALK_PER_MESSAGE: usize = 2;
+
+/// The line of [`SeaOrmStore::explain_claim`]'s text on PostgreSQL that separates the
+/// walk's plan from the plan of the heads key by key.
+pub const KEY_HEADS_PLAN: &str = "-- when the walk is cut short: heads key by key";
 
 /// Rows per `INSERT` statement of a bulk enqueue. With 17 columns (18 binds per row on
 /// PostgreSQL, whose duplicate probe binds the ids again) this stays well under every
@@ -169,53 +185,56 @@ impl SeaOrmStore {
         self.config.table.as_str()
     }
 
-    /// The database's plan for the claim's candidate query (`EXPLAIN`; on SQLite
+    /// The database's plan for the claim's candidate queries (`EXPLAIN`; on SQLite
     /// `EXPLAIN QUERY PLAN`), one line per plan row, for checking that claims use the
-    /// claim indexes. With `analyze` on PostgreSQL the query runs (`EXPLAIN ANALYZE`,
-    /// inside a transaction that is rolled back) and the plan shows real timings.
+    /// claim indexes. With `analyze` on PostgreSQL the queries run (`EXPLAIN ANALYZE`,
+    /// inside a transaction that is rolled back) and the plans show real timings.
+    ///
+    /// On PostgreSQL a claim may run two queries, and the text holds both plans: the
+    /// walk of `_due`, then, after a line [`KEY_HEADS_PLAN`], the heads key by key that
+    /// the claim looks for when the walk is cut short.
     pub async fn explain_claim(&self, limit: usize, analyze: bool) -> StoreResult<String> {
         let prefix = match (self.dialect, analyze) {
             (Dialect::Postgres, true) => "EXPLAIN (ANALYZE, BUFFERS) ",
             (Dialect::Sqlite, _) => "EXPLAIN QUERY PLAN ",
             _ => "EXPLAIN ",
         };
-        let mut sql = Sql::new(self.dialect, prefix);
         let request = ClaimRequest {
             owner: "explain".into(),
             limit: limit.max(1),
             lease_for: std::time::Duration::from_secs(1),
             now: Utc::now(),
         };
-        self.push_candidates(&mut sql, &request);
-        let txn = begin_write_with(&self.db, self.dialect, CLAIM_PLAN).await?;
-        let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
-        txn.rollback().await.map_err(db_error)?;
-        let mut out = String::new();
-        for r in &rows {
-            let cells: Vec<String> = (0..r.column_names().len())
-                .map(|i| {
-                    r.try_get_by_index::<Option<String>>(i)
-                        .ok()
-                        .flatten()
-                        .or_else(|| {
-                            r.try_get_by_index::<Option<i64>>(i)
-                                .ok()
-                                .flatten()
-                                .map(|n| n.to_string())
-                        })
-                        .or_else(|| {
-                            // MySQL/MariaDB's `EXPLAIN` has an unsigned `id` column.
-                            r.try_get_by_index::<Option<u64>>(i)
-                                .ok()
-                                .flatten()
-                                .map(|n| n.to_string())
-                        })
-                        .unwrap_or_else(|| "NULL".into())
-                })
-                .collect();
-            out.push_str(&cells.join(" | "));
-            out.push('\n');
+        let mut queries = Vec::new();
+        let mut sql = Sql::new(self.dialect, prefix);
+        if self.dialect == Dialect::Postgres {
+            self.push_walk_bound(&mut sql, &request);
+            sql.push(" ");
+            self.push_candidates(&mut sql, &request);
+            queries.push(sql);
+            let mut sql = Sql::new(
+                self.dialect,
+                &format!("{prefix}{} ", key_heads(self.table())),
+            );
+            self.push_key_heads_candidates(&mut sql, &request, request.limit);
+            queries.push(sql);
+        } else {
+            self.push_candidates(&mut sql, &request);
+            queries.push(sql);
         }
+        let txn = begin_write_with(&self.db, self.dialect, CLAIM_PLAN).await?;
+        let mut out = String::new();
+        for (i, sql) in queries.into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(KEY_HEADS_PLAN);
+                out.push('\n');
+            }
+            for r in &txn.query_all_raw(sql.build()).await.map_err(db_error)? {
+                out.push_str(&plan_row(r));
+                out.push('\n');
+            }
+        }
+        txn.rollback().await.map_err(db_error)?;
         Ok(out)
     }
 
@@ -499,8 +518,17 @@ impl SeaOrmStore {
         Ok(changed)
     }
 
-    /// The claim on PostgreSQL: one statement, in a transaction that first pins its plan
-    /// ([`CLAIM_PLAN`]).
+    /// The claim on PostgreSQL, in one transaction that first pins its plan
+    /// ([`CLAIM_PLAN`]) and runs up to two statements:
+    /// 1. **The walk**: the first due rows in `_due` order, at most [`WALK_PER_MESSAGE`]
+    ///    per message of the batch, of which it takes the heads of their key. With many
+    ///    keys and few of them blocked this fills the batch after a few rows.
+    /// 2. **Heads key by key**, only when the walk was cut short and the batch is not
+    ///    full: a skip scan of `_key_unfinished`, one index descent per key with
+    ///    unfinished messages, earliest due heads first. It finds what a long run of
+    ///    blocked rows hides from the walk: the rows behind a parked head, or a backlog
+    ///    whose every key is in flight already (more relays than keys). Unbounded, the
+    ///    walk read the whole backlog before giving up, on every claim.
     async fn claim_postgres(
         &self,
         request: &ClaimRequest,
@@ -508,10 +536,46 @@ impl SeaOrmStore {
     ) -> StoreResult<Vec<QueryResult>> {
         let t = self.table();
         let dl = self.dialect;
-        let mut sql = Sql::new(dl, "WITH picked AS (");
+        let mut sql = Sql::new(dl, "");
+        self.push_walk_bound(&mut sql, request);
+        sql.push(", picked AS (");
         self.push_candidates(&mut sql, request);
+        sql.push("), claimed AS (");
+        self.push_stamp(&mut sql, lease);
+        // One row, all `NULL` but `walk_cut`, when nothing is claimed.
+        sql.push(
+            ") SELECT claimed.*, EXISTS (SELECT 1 FROM b) AS walk_cut \
+             FROM (SELECT 1) one LEFT JOIN claimed ON true",
+        );
+        let txn = begin_write_with(&self.db, dl, CLAIM_PLAN).await?;
+        let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
+        let cut = match rows.first() {
+            Some(r) => get::<bool>(r, "walk_cut")?.unwrap_or(false),
+            None => false,
+        };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in rows {
+            if get::<i64>(&r, "seq")?.is_some() {
+                claimed.push(r);
+            }
+        }
+        if cut && claimed.len() < request.limit {
+            let mut sql = Sql::new(dl, &format!("{}, picked AS (", key_heads(t)));
+            self.push_key_heads_candidates(&mut sql, request, request.limit - claimed.len());
+            sql.push(") ");
+            self.push_stamp(&mut sql, lease);
+            claimed.extend(txn.query_all_raw(sql.build()).await.map_err(db_error)?);
+        }
+        txn.commit().await.map_err(db_error)?;
+        Ok(claimed)
+    }
+
+    /// `UPDATE` of the rows in `picked` to in flight under `lease`, `RETURNING` them.
+    fn push_stamp(&self, sql: &mut Sql, lease: &Lease) {
+        let t = self.table();
+        let dl = self.dialect;
         sql.push(&format!(
-            ") UPDATE {t} SET status = 'in_flight', attempts = {t}.attempts + 1, lease_owner = "
+            "UPDATE {t} SET status = 'in_flight', attempts = {t}.attempts + 1, lease_owner = "
         ))
         .bind(Value::String(Some(lease.owner.clone())))
         .push(", lease_token = ")
@@ -522,10 +586,47 @@ impl SeaOrmStore {
             " FROM picked WHERE {t}.seq = picked.seq RETURNING {}",
             qualified(t, ALL_COLUMNS)
         ));
-        let txn = begin_write_with(&self.db, dl, CLAIM_PLAN).await?;
-        let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
-        txn.commit().await.map_err(db_error)?;
-        Ok(rows)
+    }
+
+    /// `WITH b AS (…)` on PostgreSQL: the due row the walk stops at, the last of the
+    /// first [`WALK_PER_MESSAGE`] per message of the batch in `_due` order (an index
+    /// walk of no more rows); no row when fewer are due, and the walk is not cut.
+    fn push_walk_bound(&self, sql: &mut Sql, request: &ClaimRequest) {
+        let cap = request.limit.saturating_mul(WALK_PER_MESSAGE);
+        sql.push(&format!(
+            "WITH b AS (SELECT w.next_attempt_at, w.seq FROM {} w \
+             WHERE w.status = 'pending' AND w.next_attempt_at <= ",
+            self.table()
+        ))
+        .bind(self.dialect.time(Some(request.now)))
+        .push(" ORDER BY w.next_attempt_at, w.seq OFFSET ")
+        .bind(limit_value(cap.saturating_sub(1)))
+        .push(" LIMIT 1)");
+    }
+
+    /// The candidates among the heads of [`key_heads`] `k` (`SELECT m.seq … FOR UPDATE
+    /// SKIP LOCKED`): pending, due, attempts left, still heads, earliest due first.
+    ///
+    /// `m` is the row version `k` read, found by its `ctid` (a TID scan), not by a key:
+    /// statistics that call the partial indexes empty would otherwise turn the lookup
+    /// into a scan of one (the trap of [`head_of_key`]). Locking it follows its updates
+    /// and checks the conditions again on the newest version.
+    fn push_key_heads_candidates(&self, sql: &mut Sql, request: &ClaimRequest, limit: usize) {
+        let t = self.table();
+        let now = self.dialect.time(Some(request.now));
+        sql.push(&format!(
+            "SELECT m.seq FROM k JOIN {t} m ON m.ctid = k.ctid \
+             WHERE k.status = 'pending' AND k.next_attempt_at <= "
+        ))
+        .bind(now.clone())
+        .push(" AND k.attempts < k.max_attempts AND m.status = 'pending' AND m.next_attempt_at <= ")
+        .bind(now)
+        .push(&format!(
+            " AND m.attempts < m.max_attempts AND {} ORDER BY k.next_attempt_at, k.seq LIMIT ",
+            head_of_key(t, Dialect::Postgres)
+        ))
+        .bind(limit_value(limit))
+        .push(" FOR UPDATE OF m SKIP LOCKED");
     }
 
     /// The claim on MySQL/MariaDB (which cannot update a table it selects from in a
@@ -582,8 +683,16 @@ impl SeaOrmStore {
         sql.push(&format!(
             "SELECT m.seq FROM {t} m WHERE m.status = 'pending' AND m.next_attempt_at <= "
         ))
-        .bind(self.dialect.time(Some(request.now)))
-        .push(&format!(
+        .bind(self.dialect.time(Some(request.now)));
+        if self.dialect == Dialect::Postgres {
+            // Up to the bound of `b` (`push_walk_bound`), an index condition on `_due`.
+            sql.push(
+                " AND (m.next_attempt_at, m.seq) <= (SELECT COALESCE(MAX(b.next_attempt_at), ",
+            )
+            .bind(self.dialect.time(Some(request.now)))
+            .push(&format!("), COALESCE(MAX(b.seq), {}) FROM b)", i64::MAX));
+        }
+        sql.push(&format!(
             " AND m.attempts < m.max_attempts AND {} ORDER BY m.next_attempt_at, m.seq LIMIT ",
             head_of_key(t, self.dialect)
         ))
@@ -914,6 +1023,24 @@ fn head_of_key(t: &str, dialect: Dialect) -> String {
     )
 }
 
+/// `WITH RECURSIVE k (service, partition_key, seq, status, …, ctid)`: the first unfinished
+/// message of every key, in key order, by a skip scan of `_key_unfinished`
+/// (PostgreSQL): each step descends the index once to the first row of the next key.
+/// Costs one descent per key with unfinished messages, however many messages each holds.
+fn key_heads(t: &str) -> String {
+    const HEAD: &str = "e.service, e.partition_key, e.seq, e.status, e.next_attempt_at, \
+        e.attempts, e.max_attempts, e.ctid";
+    format!(
+        "WITH RECURSIVE k AS ((SELECT {HEAD} FROM {t} e \
+         WHERE e.status IN ('pending', 'in_flight') \
+         ORDER BY e.service, e.partition_key, e.seq LIMIT 1) \
+         UNION ALL SELECT h.* FROM k CROSS JOIN LATERAL (SELECT {HEAD} FROM {t} e \
+         WHERE e.status IN ('pending', 'in_flight') \
+         AND (e.service, e.partition_key) > (k.service, k.partition_key) \
+         ORDER BY e.service, e.partition_key, e.seq LIMIT 1) h)"
+    )
+}
+
 /// Over candidate `m`: no earlier unfinished message of its (service, key), so `m` is
 /// the first unfinished message of its key. One probe per status, so that each is an
 /// index range bounded by `m.seq` on `_key_unfinished` (on MySQL an equality on its
@@ -928,6 +1055,32 @@ fn earlier_unfinished_absent(t: &str) -> String {
             )
         })
         .join(" AND ")
+}
+
+/// One row of an `EXPLAIN`, its cells joined with ` | `.
+fn plan_row(r: &QueryResult) -> String {
+    let cells: Vec<String> = (0..r.column_names().len())
+        .map(|i| {
+            r.try_get_by_index::<Option<String>>(i)
+                .ok()
+                .flatten()
+                .or_else(|| {
+                    r.try_get_by_index::<Option<i64>>(i)
+                        .ok()
+                        .flatten()
+                        .map(|n| n.to_string())
+                })
+                .or_else(|| {
+                    // MySQL/MariaDB's `EXPLAIN` has an unsigned `id` column.
+                    r.try_get_by_index::<Option<u64>>(i)
+                        .ok()
+                        .flatten()
+                        .map(|n| n.to_string())
+                })
+                .unwrap_or_else(|| "NULL".into())
+        })
+        .collect();
+    cells.join(" | ")
 }
 
 /// `a, b` → `t.a, t.b`.

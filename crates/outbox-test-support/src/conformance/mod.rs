@@ -113,6 +113,7 @@ macro_rules! store_conformance_tests {
             settle_with_unknown_id_records_nothing,
             per_key_order_under_head_failure,
             kill_unparks_a_key,
+            a_blocked_run_does_not_hide_the_keys_behind_it,
             no_double_claim_by_concurrent_relays,
             consumed_and_stats,
             list_filters_and_pages,

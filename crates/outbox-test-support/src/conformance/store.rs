@@ -457,6 +457,40 @@ pub async fn per_key_order_under_head_failure<S: MessageStore + ?Sized>(store: &
     );
 }
 
+/// A long run of one key at the front of the backlog, blocked behind its head (in
+/// flight, then parked), does not hide the keys queued after it from a claim. (A store
+/// that stops looking after a fixed number of rows must look key by key then.)
+pub async fn a_blocked_run_does_not_hide_the_keys_behind_it<S: MessageStore + ?Sized>(store: &S) {
+    let run: Vec<_> = (0..20).map(|n| message("a", n)).collect();
+    store.enqueue(run.clone()).await.expect("enqueue");
+    let (b, c) = (message("b", 100), message("c", 200));
+    store
+        .enqueue(vec![b.clone(), c.clone()])
+        .await
+        .expect("enqueue");
+    let ids = |c: &[ClaimedMessage]| c.iter().map(|c| c.message.id).collect::<Vec<_>>();
+
+    let head = claim(store, 1, at(0)).await;
+    assert_eq!(ids(&head), vec![run[0].id]);
+    let behind = claim(store, 2, at(0)).await;
+    assert_eq!(
+        ids(&behind),
+        vec![b.id, c.id],
+        "the keys behind a run whose head is in flight"
+    );
+    let mut settlements = vec![settle(&head[0], retry_at(60))];
+    settlements.extend(behind.iter().map(|m| settle(m, Disposition::Published)));
+    store.settle(settlements, at(1)).await.expect("settle");
+
+    let later = message("b", 101);
+    store.enqueue(vec![later.clone()]).await.expect("enqueue");
+    assert_eq!(
+        ids(&claim(store, 2, at(2)).await),
+        vec![later.id],
+        "a key behind a run whose head is parked"
+    );
+}
+
 /// Killing a parked head lets the rest of its key flow.
 pub async fn kill_unparks_a_key<S: MessageStore + ?Sized>(store: &S) {
     let head = message("k", 0);
