@@ -214,7 +214,7 @@ impl SeaOrmStore {
             queries.push(sql);
             let mut sql = Sql::new(
                 self.dialect,
-                &format!("{prefix}{} ", key_heads(self.table())),
+                format!("{prefix}{} ", key_heads(self.table())),
             );
             self.push_key_heads_candidates(&mut sql, &request, request.limit);
             queries.push(sql);
@@ -560,7 +560,7 @@ impl SeaOrmStore {
             }
         }
         if cut && claimed.len() < request.limit {
-            let mut sql = Sql::new(dl, &format!("{}, picked AS (", key_heads(t)));
+            let mut sql = Sql::new(dl, format!("{}, picked AS (", key_heads(t)));
             self.push_key_heads_candidates(&mut sql, request, request.limit - claimed.len());
             sql.push(") ");
             self.push_stamp(&mut sql, lease);
