@@ -137,7 +137,10 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
         let history_end = db
             .scalar(&format!("SELECT COALESCE(MAX(seq), 0) FROM {TABLE}"))
             .await?;
-        let label = format!("{} finished rows", fmt_num(level as f64));
+        let label = match level {
+            0 => "no finished rows".to_owned(),
+            n => format!("{} finished rows", fmt_num(n as f64)),
+        };
         let runs = plan
             .measure(&label, |_warmup| {
                 let db = db.clone();

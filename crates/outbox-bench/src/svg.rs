@@ -17,8 +17,13 @@ const HEIGHT: f64 = 360.0;
 const LEFT: f64 = 78.0;
 /// Right margin.
 const RIGHT: f64 = 16.0;
-/// Bottom margin: the group labels (two lines at most).
-const BOTTOM: f64 = 44.0;
+/// Bottom margin below the group labels.
+const BOTTOM: f64 = 10.0;
+/// Font size of the group labels, and the smaller one for narrow groups whose labels
+/// would otherwise take more than [`LABEL_LINES`] lines.
+const LABEL_SIZES: [f64; 2] = [12.0, 10.0];
+/// Lines a group label may take at the larger size.
+const LABEL_LINES: usize = 2;
 /// Height of one row of the legend.
 const LEGEND_ROW: f64 = 20.0;
 /// Font size of the values on the bars.
@@ -40,11 +45,14 @@ pub(crate) fn render(chart: &Chart) -> String {
         0
     };
     let top = 40.0 + legend_rows as f64 * LEGEND_ROW + 14.0;
+    let groups = chart.groups.len().max(1);
+    let group_w = (WIDTH - RIGHT - LEFT) / groups as f64;
+    let labels = GroupLabels::fit(&chart.groups, group_w);
     let plot = Plot {
         left: LEFT,
         right: WIDTH - RIGHT,
         top,
-        bottom: HEIGHT - BOTTOM,
+        bottom: HEIGHT - BOTTOM - labels.height(),
     };
     let max = chart
         .series
@@ -93,8 +101,6 @@ pub(crate) fn render(chart: &Chart) -> String {
     );
 
     // The bars, group by group.
-    let groups = chart.groups.len().max(1);
-    let group_w = plot.width() / groups as f64;
     let series = chart.series.len().max(1);
     let bar_w = (group_w * 0.8 / series as f64).min(90.0);
     // Values run along the bars when one of them is too wide to sit across its bar: all
@@ -113,7 +119,7 @@ pub(crate) fn render(chart: &Chart) -> String {
             let value = values.get(g).copied().unwrap_or(f64::NAN);
             bar(&mut svg, &plot, &axis, (x, bar_w), value, s, along);
         }
-        group_label(&mut svg, group, centre, group_w, plot.bottom);
+        labels.draw(&mut svg, g, centre, plot.bottom);
     }
     svg.push_str("</svg>\n");
     svg
@@ -281,47 +287,91 @@ fn bar(
     }
 }
 
-/// A group's label under its bars, on two lines when it is too wide for one.
-fn group_label(svg: &mut String, label: &str, centre: f64, width: f64, baseline: f64) {
-    let size = 12.0;
-    let lines = wrap(label, width, size);
-    let _ = write!(
-        svg,
-        "<text x=\"{centre:.1}\" y=\"{y:.1}\" font-size=\"{size}\" fill=\"#333333\" \
-         text-anchor=\"middle\">",
-        y = baseline + 17.0,
-    );
-    for (i, line) in lines.iter().enumerate() {
-        let _ = write!(
-            svg,
-            "<tspan x=\"{centre:.1}\" dy=\"{dy}\">{}</tspan>",
-            escape(line),
-            dy = if i == 0 { "0" } else { "1.2em" },
-        );
-    }
-    svg.push_str("</text>\n");
+/// The groups' labels, wrapped to their groups' width: at the larger size when each
+/// takes at most [`LABEL_LINES`] lines, else at the smaller one in as many lines as it
+/// needs (the bottom margin grows to hold them).
+struct GroupLabels {
+    size: f64,
+    lines: Vec<Vec<String>>,
 }
 
-/// `text` in at most two lines that each fit in `width` where they can (breaking at
-/// spaces).
-fn wrap(text: &str, width: f64, size: f64) -> Vec<String> {
-    if text_width(text, size) <= width {
-        return vec![text.to_owned()];
-    }
-    let words: Vec<&str> = text.split(' ').collect();
-    // The break that makes the longer line shortest.
-    let best = (1..words.len()).min_by(|a, b| {
-        let cost = |i: &usize| {
-            let first = text_width(&words[..*i].join(" "), size);
-            let second = text_width(&words[*i..].join(" "), size);
-            first.max(second)
+impl GroupLabels {
+    fn fit(groups: &[String], width: f64) -> Self {
+        let wrapped = |size: f64| -> Vec<Vec<String>> {
+            groups.iter().map(|g| wrap(g, width - 4.0, size)).collect()
         };
-        cost(a).total_cmp(&cost(b))
-    });
-    match best {
-        Some(i) => vec![words[..i].join(" "), words[i..].join(" ")],
-        None => vec![text.to_owned()],
+        let large = wrapped(LABEL_SIZES[0]);
+        if large.iter().all(|l| l.len() <= LABEL_LINES) {
+            return Self {
+                size: LABEL_SIZES[0],
+                lines: large,
+            };
+        }
+        Self {
+            size: LABEL_SIZES[1],
+            lines: wrapped(LABEL_SIZES[1]),
+        }
     }
+
+    /// The height of the tallest label, with the gap above it.
+    fn height(&self) -> f64 {
+        let lines = self.lines.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        self.size * 0.8 + lines as f64 * self.size * 1.2
+    }
+
+    /// Draws group `g`'s label under its bars.
+    fn draw(&self, svg: &mut String, g: usize, centre: f64, baseline: f64) {
+        let Some(lines) = self.lines.get(g) else {
+            return;
+        };
+        let size = self.size;
+        let _ = write!(
+            svg,
+            "<text x=\"{centre:.1}\" y=\"{y:.1}\" font-size=\"{size}\" fill=\"#333333\" \
+             text-anchor=\"middle\">",
+            y = baseline + size * 1.4,
+        );
+        for (i, line) in lines.iter().enumerate() {
+            let _ = write!(
+                svg,
+                "<tspan x=\"{centre:.1}\" dy=\"{dy}\">{}</tspan>",
+                escape(line),
+                dy = if i == 0 { "0" } else { "1.2em" },
+            );
+        }
+        svg.push_str("</text>\n");
+    }
+}
+
+/// `text` in lines that each fit in `width` where they can, breaking at spaces, and
+/// after the hyphens of a word too wide for a line: each line takes as many pieces as
+/// fit (a piece wider than `width` gets a line of its own).
+fn wrap(text: &str, width: f64, size: f64) -> Vec<String> {
+    // Each piece with what joins it to the previous one on a line.
+    let mut pieces: Vec<(&str, &str)> = Vec::new();
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        if text_width(word, size) <= width {
+            pieces.push((" ", word));
+            continue;
+        }
+        for (i, part) in word.split_inclusive('-').enumerate() {
+            pieces.push((if i == 0 { " " } else { "" }, part));
+        }
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for (join, piece) in pieces {
+        match lines.last_mut() {
+            Some(line) if text_width(&format!("{line}{join}{piece}"), size) <= width => {
+                line.push_str(join);
+                line.push_str(piece);
+            }
+            _ => lines.push(piece.to_owned()),
+        }
+    }
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    lines
 }
 
 /// Where each legend entry goes: its row and its horizontal position.
@@ -565,6 +615,38 @@ mod tests {
         );
         assert!(svg.contains("rows/s &lt;unit&gt;"));
         assert!(!svg.contains("<rows>") && !svg.contains("<unit>"));
+    }
+
+    /// Eleven groups with long labels (the latency chart): every line of a label fits
+    /// its group unless it cannot be broken, and the plot leaves room for the tallest
+    /// label.
+    #[test]
+    fn long_labels_of_narrow_groups_wrap_within_their_group() {
+        let groups: Vec<String> = (0..11)
+            .map(|i| format!("in-process wake, concurrency 4, linger.ms=0, {i}000/s"))
+            .collect();
+        let group_w = (WIDTH - RIGHT - LEFT) / groups.len() as f64;
+        let labels = GroupLabels::fit(&groups, group_w);
+        assert_eq!(
+            labels.size, LABEL_SIZES[1],
+            "narrow groups take the smaller size"
+        );
+        for line in labels.lines.iter().flatten() {
+            let unbreakable = !line.contains([' ', '-']);
+            assert!(
+                unbreakable || text_width(line, labels.size) <= group_w,
+                "{line:?} is wider than its group ({group_w:.0} px)"
+            );
+        }
+        let lines = labels.lines.iter().map(Vec::len).max().unwrap();
+        assert!(lines > LABEL_LINES);
+        assert!(labels.height() >= lines as f64 * labels.size);
+        let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+        assert_well_formed(&render(&chart(vec![("p50", vec![1.0; 11])], &refs)));
+
+        let short = GroupLabels::fit(&["1 relay".to_owned(), "2 relays".to_owned()], 300.0);
+        assert_eq!(short.size, LABEL_SIZES[0]);
+        assert_eq!(short.lines, vec![vec!["1 relay"], vec!["2 relays"]]);
     }
 
     #[test]
