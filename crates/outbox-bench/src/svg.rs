@@ -111,7 +111,7 @@ pub(crate) fn render(chart: &Chart) -> String {
         .flat_map(|(_, v)| v.iter())
         .filter(|v| v.is_finite())
         .any(|v| text_width(&fmt_num(*v), VALUE_SIZE) + 8.0 > bar_w);
-    for (g, group) in chart.groups.iter().enumerate() {
+    for g in 0..chart.groups.len() {
         let centre = plot.left + group_w * (g as f64 + 0.5);
         let first = centre - bar_w * series as f64 / 2.0;
         for (s, (_, values)) in chart.series.iter().enumerate() {
@@ -135,10 +135,6 @@ struct Plot {
 }
 
 impl Plot {
-    fn width(&self) -> f64 {
-        self.right - self.left
-    }
-
     fn height(&self) -> f64 {
         self.bottom - self.top
     }
