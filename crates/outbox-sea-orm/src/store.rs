@@ -247,10 +247,9 @@ impl SeaOrmStore {
     /// All or nothing: every message is validated first (a bad one fails with
     /// [`StoreError::InvalidMessage`] before any SQL runs), and a duplicate id
     /// ([`StoreError::DuplicateMessage`]) writes none of them and leaves your
-    /// transaction usable: you can still commit your business rows or roll back. One
-    /// exception on PostgreSQL: when another transaction is writing the same id at the
-    /// same moment, the unique index fails the statement, and PostgreSQL aborts your
-    /// transaction with it; roll back.
+    /// transaction usable: you can still commit your business rows or roll back. On
+    /// PostgreSQL an id that another transaction is writing at the same moment waits
+    /// for that transaction, and is a duplicate if it commits.
     pub async fn enqueue_in<C>(
         &self,
         conn: &C,
@@ -292,7 +291,7 @@ impl SeaOrmStore {
         // A multi-statement insert must be atomic: it needs a savepoint (or a transaction
         // of its own when `conn` is a plain connection). A single statement is atomic by
         // itself, and on PostgreSQL it reports a stored id without failing (see
-        // `insert`), which would abort the caller's transaction.
+        // `insert_or_nothing`), which would abort the caller's transaction.
         let result = if messages.len() > INSERT_CHUNK {
             let txn = conn.begin().await.map_err(db_error)?;
             match self.insert(&txn, &messages, status).await {
@@ -341,46 +340,24 @@ impl SeaOrmStore {
         };
         let t = self.table();
         for chunk in messages.chunks(INSERT_CHUNK) {
-            // On PostgreSQL the rows are written only if none of their ids is stored
-            // yet (committed, or earlier in this transaction): one statement that
-            // writes all or nothing and reports a duplicate by writing nothing rather
-            // than by failing, so the caller's transaction stays usable without the two
-            // extra round trips of a savepoint. (An id another transaction is writing
-            // at the same moment still fails on the unique index, which aborts the
-            // caller's transaction: it must roll back.)
-            let postgres = self.dialect == Dialect::Postgres;
-            let head = if postgres {
-                format!("WITH v ({INSERT_COLUMNS}) AS (VALUES ")
-            } else {
-                format!("INSERT INTO {t} ({INSERT_COLUMNS}) VALUES ")
-            };
-            let mut sql = Sql::new(self.dialect, head);
+            let mut sql = Sql::new(
+                self.dialect,
+                format!("INSERT INTO {t} ({INSERT_COLUMNS}) VALUES "),
+            );
             for (i, m) in chunk.iter().enumerate() {
                 if i > 0 {
                     sql.push(", ");
                 }
                 sql.bind_list(row::insert_values(self.dialect, m, status, max_attempts));
             }
-            if postgres {
-                // The ids are bound again for the probe: `e.id IN (…)` is a lookup in the
-                // unique index whatever the table's statistics, where a join with `v`
-                // may be planned as a scan of the whole table.
-                sql.push(&format!(
-                    ") INSERT INTO {t} ({INSERT_COLUMNS}) SELECT {INSERT_COLUMNS} FROM v \
-                     WHERE NOT EXISTS (SELECT 1 FROM {t} e WHERE e.id IN "
-                ))
-                .bind_list(
-                    chunk
-                        .iter()
-                        .map(|m| self.dialect.uuid(Some(m.id.as_uuid()))),
-                )
-                .push(")");
-            }
-            let written = conn
-                .execute_raw(sql.build())
-                .await
-                .map_err(db_error)?
-                .rows_affected();
+            let written = if self.dialect == Dialect::Postgres {
+                self.insert_or_nothing(conn, sql, chunk.len()).await?
+            } else {
+                conn.execute_raw(sql.build())
+                    .await
+                    .map_err(db_error)?
+                    .rows_affected()
+            };
             if written != chunk.len() as u64 {
                 return Err(StoreError::Conflict {
                     what: "message",
@@ -390,6 +367,36 @@ impl SeaOrmStore {
             }
         }
         Ok(())
+    }
+
+    /// Runs the `INSERT … VALUES` of `sql` on PostgreSQL so that a stored id fails
+    /// nothing: `ON CONFLICT (id) DO NOTHING`, and when that skipped a row, a `DELETE`
+    /// of the rows it did write, so that the batch writes all or nothing. Returns how
+    /// many rows the `INSERT` wrote (fewer than the batch: a duplicate).
+    ///
+    /// A failing statement would abort the caller's whole transaction, and a savepoint
+    /// to contain it costs two round trips. The conflict check is the unique index's
+    /// own, with no plan to choose: a `NOT EXISTS` probe, planned while the table was
+    /// small, scanned the whole table for a batch of ten ids (a generic plan kept for
+    /// the connection's life). An id that another transaction is writing at the same
+    /// moment waits for it, then counts as stored if it commits.
+    async fn insert_or_nothing<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        mut sql: Sql,
+        rows: usize,
+    ) -> StoreResult<u64> {
+        sql.push(" ON CONFLICT (id) DO NOTHING RETURNING seq");
+        let seqs = query_seqs(conn, sql).await?;
+        if seqs.len() < rows && !seqs.is_empty() {
+            let mut undo = Sql::new(
+                self.dialect,
+                format!("DELETE FROM {} WHERE seq IN ", self.table()),
+            );
+            undo.bind_list(seqs.iter().cloned());
+            conn.execute_raw(undo.build()).await.map_err(db_error)?;
+        }
+        Ok(seqs.len() as u64)
     }
 
     /// Names the id that collided with a stored message.

@@ -97,7 +97,8 @@ async fn rejected_enqueue_leaves_the_transaction_usable(backend: Backend) {
     no_topic.topic = String::new();
     let err = store.enqueue_in(&txn, vec![no_topic]).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidMessage { .. }), "{err}");
-    // A duplicate reaches the database: the savepoint keeps the transaction alive.
+    // A duplicate reaches the database, which writes nothing and keeps the
+    // transaction alive.
     let fresh = message("o-1");
     let err = store
         .enqueue_in(&txn, vec![fresh.clone(), existing.clone()])
@@ -142,6 +143,46 @@ async fn bulk_enqueue_is_atomic_and_ordered(backend: Backend) {
         "{err}"
     );
     assert_eq!(outbox_len(&store).await, 1_200);
+}
+
+/// PostgreSQL: an id that another transaction is writing at the same moment waits for
+/// it, and once that commits is a duplicate like any stored id: nothing written, the
+/// caller's transaction still usable.
+#[tokio::test]
+async fn a_racing_writer_of_the_same_id_leaves_the_transaction_usable() {
+    let store = fresh_store(Backend::Postgres, "enqueue_race", StoreConfig::default()).await;
+    business_table(&store).await;
+    let shared = message("o-1");
+    let first = store.connection().begin().await.unwrap();
+    store
+        .enqueue_in(&first, vec![shared.clone()])
+        .await
+        .unwrap();
+
+    let second = store.connection().begin().await.unwrap();
+    insert_order(&second, "o-2").await;
+    let other = message("o-2");
+    let racing = store.enqueue_in(&second, vec![other.clone(), shared.clone()]);
+    let commit_first = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        first.commit().await.unwrap();
+    };
+    let (err, ()) = tokio::join!(racing, commit_first);
+    let err = err.unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateMessage(id) if id == shared.id),
+        "{err}"
+    );
+    insert_order(&second, "o-3").await;
+    second.commit().await.unwrap();
+
+    assert_eq!(orders(&store).await, 2);
+    assert_eq!(
+        outbox_len(&store).await,
+        1,
+        "only the first writer's message"
+    );
+    assert!(store.get(other.id).await.unwrap().is_none());
 }
 
 macro_rules! on_every_backend {
