@@ -64,20 +64,9 @@ fn npm_install(prefix: &Path) -> Result<()> {
         .arg(prefix)
         .args(["--no-audit", "--no-fund"])
         .arg(format!("graphile-worker@{GRAPHILE_WORKER_VERSION}"));
-    // No check for a newer npm; outside the workspace; stdout to stderr, where xtask
-    // sends its progress.
+    // No check for a newer npm.
     install.env("npm_config_update_notifier", "false");
-    install.current_dir(std::env::temp_dir());
-    install.stdout(std::io::stderr());
-    let line = crate::command_line(&install);
-    note(&format!("$ {line}"));
-    let status = install
-        .status()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    Ok(())
+    crate::tools::run_installer(install)
 }
 
 /// Fails unless `bin --version` prints [`GRAPHILE_WORKER_VERSION`].

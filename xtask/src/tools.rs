@@ -71,20 +71,26 @@ pub(crate) fn ensure_tansu(workspace_root: &Path) -> Result<PathBuf> {
         install.args(["install", "tansu", "--version", TANSU_VERSION]);
         install.args(TANSU_INSTALL_ARGS);
         install.arg("--root").arg(partial);
-        // Outside the workspace, so that its `.cargo/config.toml` plays no
-        // part; stdout to stderr, where `backends start` sends its progress.
-        install.current_dir(std::env::temp_dir());
-        install.stdout(std::io::stderr());
-        let line = crate::command_line(&install);
-        note(&format!("$ {line}"));
-        let status = install
-            .status()
-            .with_context(|| format!("could not start `{line}`"))?;
-        if !status.success() {
-            bail!("`{line}` failed ({status})");
-        }
-        Ok(())
+        run_installer(install)
     })
+}
+
+/// Runs an installer (`cargo install`, `pip install`, `npm install`) to completion,
+/// failing with its command line. It runs outside the workspace, so that the
+/// workspace's `.cargo/config.toml` plays no part, with its stdout sent to stderr, where
+/// xtask sends its progress.
+pub(crate) fn run_installer(mut install: Command) -> Result<()> {
+    install.current_dir(std::env::temp_dir());
+    install.stdout(std::io::stderr());
+    let line = crate::command_line(&install);
+    note(&format!("$ {line}"));
+    let status = install
+        .status()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
 }
 
 /// pulsar-lite and pulsar-client, installed by [`ensure_pulsar_lite`].
@@ -133,17 +139,7 @@ pub(crate) fn ensure_pulsar_lite(workspace_root: &Path) -> Result<PulsarLite> {
         }
         // No warning about running as root: nothing is installed system-wide.
         install.env("PIP_ROOT_USER_ACTION", "ignore");
-        // As for tansu: outside the workspace, stdout to stderr.
-        install.current_dir(std::env::temp_dir());
-        install.stdout(std::io::stderr());
-        let line = crate::command_line(&install);
-        note(&format!("$ {line}"));
-        let status = install
-            .status()
-            .with_context(|| format!("could not start `{line}`"))?;
-        if !status.success() {
-            bail!("`{line}` failed ({status})");
-        }
+        run_installer(install)?;
         // The wheel marks the binary executable; make sure, since xtask runs
         // it directly rather than through pulsar-lite's Python wrapper.
         let binary = partial.join(PULSAR_LITE_BINARY);
