@@ -69,6 +69,8 @@ fn default_stats_interval_ms() -> u64 {
 pub(crate) struct RelaySection {
     batch_size: Option<usize>,
     concurrency: Option<usize>,
+    /// Batches each claim loop keeps in flight.
+    pipeline_depth: Option<usize>,
     poll_interval_ms: Option<u64>,
     /// The adaptive poll's shortest wait, after work.
     min_poll_interval_ms: Option<u64>,
@@ -352,6 +354,9 @@ fn relay_config(section: &RelaySection, relay_id: Option<String>) -> anyhow::Res
     if let Some(v) = section.concurrency {
         config.concurrency = v;
     }
+    if let Some(v) = section.pipeline_depth {
+        config.pipeline_depth = v;
+    }
     if let Some(v) = section.poll_interval_ms {
         config.poll_interval = ms(v);
     }
@@ -455,6 +460,7 @@ metrics_addr = "127.0.0.1:9464"
 
 [relay]
 batch_size = 50
+pipeline_depth = 2
 lease_ms = 20000
 publish_timeout_ms = 5000
 
@@ -509,6 +515,7 @@ service = "orders"
         if cfg!(feature = "kafka") {
             let checked = result.unwrap();
             assert_eq!(checked.relay.batch_size, 7);
+            assert_eq!(checked.relay.pipeline_depth, 2);
             assert_eq!(checked.relay.lease, Duration::from_secs(20));
             assert_eq!(checked.file.database_url, "postgres://other/app");
             assert!(checked.registry.route("order.created").is_ok());

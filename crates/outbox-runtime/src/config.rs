@@ -52,15 +52,25 @@ pub struct RelayConfig {
     pub lease: Duration,
     /// Upper bound on one publish call; must be shorter than the lease (default 10 s).
     pub publish_timeout: Duration,
-    /// Concurrent claim loops in this process (default 1).
+    /// Concurrent claim loops in this process (default 1). One loop with a
+    /// `pipeline_depth` above 1 usually serves better than several: its claims do not
+    /// compete with each other.
     pub concurrency: usize,
+    /// Batches each claim loop keeps in flight (default 4): the loop claims the next
+    /// batch while earlier ones are at the broker, so a message committed meanwhile
+    /// waits for one claim, not for a whole claim–publish–settle cycle. Per-key order
+    /// is unaffected: the claim never hands out a key whose earlier message is still
+    /// unsettled. 1 claims, publishes and settles in turn. A loop uses up to
+    /// `1 + pipeline_depth` database connections at once (a claim and the settlements),
+    /// so size a pool it shares with writers for them.
+    pub pipeline_depth: usize,
     /// Delays between attempts (default: the `seconds` preset).
     pub backoff: BackoffPolicy,
     /// Bound on stored error text, in characters (default 2000).
     pub max_error_len: usize,
     /// How often the lease sweeper looks for expired leases (default 5 s).
     pub sweep_interval: Duration,
-    /// How long shutdown waits for the batch in flight (default 15 s).
+    /// How long shutdown waits for the batches in flight (default 15 s).
     pub drain_timeout: Duration,
     /// How long published and consumed messages are kept before the sweeper deletes
     /// them (default 7 days; `None` keeps them forever). Dead letters are never deleted.
@@ -84,6 +94,7 @@ impl Default for RelayConfig {
             lease: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(10),
             concurrency: 1,
+            pipeline_depth: 4,
             backoff: BackoffPolicy::default(),
             max_error_len: DEFAULT_MAX_ERROR_LEN,
             sweep_interval: Duration::from_secs(5),
@@ -104,6 +115,7 @@ impl RelayConfig {
         for (name, n) in [
             ("batch_size", self.batch_size),
             ("concurrency", self.concurrency),
+            ("pipeline_depth", self.pipeline_depth),
             ("purge_batch", self.purge_batch),
         ] {
             if n == 0 {

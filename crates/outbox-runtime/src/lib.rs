@@ -8,7 +8,8 @@
 //! - [`Relay`]: claims batches, publishes them outside any database transaction, and
 //!   settles each message with its own outcome (published, retry with backoff, dead).
 //!   [`Relay::spawn`] runs `concurrency` claim loops plus a lease sweeper that returns
-//!   the work of crashed relays to the pool.
+//!   the work of crashed relays to the pool. Each loop is a pipeline: it claims the next
+//!   batch while up to `pipeline_depth` earlier ones are at the broker.
 //! - [`ConsumerRunner`]: consumes a broker subscription for one consumer group, runs
 //!   the user's handler in the same transaction as the inbox record of the message id
 //!   (so a redelivery is skipped), and acknowledges only after the commit; handler
@@ -24,7 +25,7 @@
 //!   user's [`LogHandler`] and checkpointing after each batch; it warns when a long
 //!   transaction holds it back ([`cursor_metrics`]).
 //!
-//! Shutdown is graceful: cancelling stops new claims, the batch in flight is published
+//! Shutdown is graceful: cancelling stops new claims, the batches in flight are published
 //! and settled (bounded by the drain timeout), then the publisher is flushed. Anything
 //! cut off by the timeout is not lost: its lease expires and another relay delivers it.
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, debug_span, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, error, info, info_span, warn};
 
 /// Why one relay step failed. The relay loop logs it and tries again after a pause.
 #[derive(Debug, thiserror::Error)]
@@ -170,10 +170,16 @@ impl Relay {
     /// Claims one batch, publishes it and settles every message. Returns what happened;
     /// an empty report means there was nothing due.
     pub async fn run_once(&self) -> Result<BatchReport, RelayError> {
-        self.run_batch(&self.config.relay_id).await
+        let owner = &self.config.relay_id;
+        let claimed = self.claim(owner).await?;
+        if claimed.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        Ok(self.deliver(owner, claimed).await)
     }
 
-    async fn run_batch(&self, owner: &str) -> Result<BatchReport, RelayError> {
+    /// Claims up to `batch_size` messages for `owner`.
+    async fn claim(&self, owner: &str) -> Result<Vec<ClaimedMessage>, RelayError> {
         let request = ClaimRequest {
             owner: owner.to_owned(),
             limit: self.config.batch_size,
@@ -181,17 +187,21 @@ impl Relay {
             now: self.clock.now(),
         };
         let claimed = self.store.claim(&request).await?;
-        if claimed.is_empty() {
-            return Ok(BatchReport::default());
+        if !claimed.is_empty() {
+            // Crash-point kit: the batch is leased and nothing is published yet.
+            #[cfg(feature = "failpoints")]
+            fail::fail_point!("relay.after_claim");
+            metrics::histogram!(relay_metrics::CLAIM_BATCH_SIZE).record(claimed.len() as f64);
         }
-        // Crash-point kit: the batch is leased and nothing is published yet.
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("relay.after_claim");
-        metrics::histogram!(relay_metrics::CLAIM_BATCH_SIZE).record(claimed.len() as f64);
+        Ok(claimed)
+    }
+
+    /// Publishes and settles a claimed batch, and counts it.
+    async fn deliver(&self, owner: &str, claimed: Vec<ClaimedMessage>) -> BatchReport {
         let span = info_span!("relay.batch", relay = owner, claimed = claimed.len());
         let report = self.publish_and_settle(claimed).instrument(span).await;
         self.counters.add(&report);
-        Ok(report)
+        report
     }
 
     async fn publish_and_settle(&self, claimed: Vec<ClaimedMessage>) -> BatchReport {
@@ -406,25 +416,55 @@ impl Relay {
         }
     }
 
+    /// One claim loop: claims a batch, hands it to a task that publishes and settles
+    /// it, and claims the next one while up to `pipeline_depth` batches are in flight.
+    ///
+    /// When it claims again:
+    /// - at once after a full batch (there is a backlog);
+    /// - after a partial or empty claim, on the first of: a wake (something committed
+    ///   since), a batch in flight finishing (its settlement may have unparked the next
+    ///   message of each of its keys), or the idle pause, which starts at
+    ///   `min_poll_interval` after work and doubles up to `poll_interval` (the adaptive
+    ///   poll);
+    /// - with `pipeline_depth` batches in flight, only when one of them finishes.
+    ///
+    /// On shutdown it claims no more and waits for the batches in flight.
     async fn claim_loop(self: Arc<Self>, owner: String, shutdown: CancellationToken) {
+        let mut in_flight = JoinSet::new();
         let mut failures = 0u32;
         let ceiling = self.config.poll_interval;
+        let min_pause = self.config.min_poll_interval.min(ceiling);
         // A relay that starts while writers are busy looks again soon, as after work,
         // rather than a whole `poll_interval` later.
-        let mut idle = self.config.min_poll_interval.min(ceiling);
+        let mut idle = min_pause;
         while !shutdown.is_cancelled() {
-            let pause = match self.run_batch(&owner).await {
-                Ok(r) => {
-                    failures = 0;
-                    // Settling a batch may have unparked the next message of each of its
-                    // keys, so go again at once; only an empty claim means idle. After
-                    // work, idle waits start short and double (the adaptive poll).
-                    if r.claimed > 0 {
-                        idle = self.config.min_poll_interval.min(ceiling);
+            if in_flight.len() >= self.config.pipeline_depth {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    done = in_flight.join_next() => {
+                        log_panic(done);
                         continue;
                     }
-                    let pause = idle;
-                    idle = (idle * 2).min(ceiling);
+                }
+            }
+            let pause = match self.claim(&owner).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    let full = claimed.len() >= self.config.batch_size;
+                    let pause = if claimed.is_empty() {
+                        let pause = idle;
+                        idle = (idle * 2).min(ceiling);
+                        pause
+                    } else {
+                        idle = min_pause;
+                        let relay = Arc::clone(&self);
+                        let owner = owner.clone();
+                        in_flight.spawn(async move { relay.deliver(&owner, claimed).await });
+                        min_pause
+                    };
+                    if full {
+                        continue;
+                    }
                     pause
                 }
                 Err(e) => {
@@ -437,8 +477,14 @@ impl Relay {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.waker.0.notified() => {}
+                done = in_flight.join_next(), if !in_flight.is_empty() => log_panic(done),
                 () = tokio::time::sleep(pause) => {}
             }
+        }
+        // Stop claiming; let the batches in flight publish and settle. (`shutdown`
+        // bounds this by the drain timeout, then aborts the loop and with it them.)
+        while let Some(done) = in_flight.join_next().await {
+            log_panic(Some(done));
         }
     }
 
@@ -465,6 +511,16 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// Logs a batch task that panicked (its messages are redelivered when their leases
+/// expire); the claim loop goes on.
+fn log_panic(done: Option<Result<BatchReport, tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done
+        && e.is_panic()
+    {
+        error!(error = %e, "a batch task panicked; its leases will expire and its messages be redelivered");
     }
 }
 

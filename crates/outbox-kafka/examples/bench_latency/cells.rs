@@ -26,40 +26,45 @@ pub(crate) enum Mode {
     InProcess,
     CrossProcess,
     PollOnly,
-    /// `InProcess` with four claim loops and a pool of their own: a diagnostic row at
-    /// the target rate.
-    InProcessConcurrency4,
-    /// `InProcessConcurrency4` with librdkafka's `linger.ms` at 0: the other diagnostic
-    /// row, what tuning the two knobs that add latency gives.
-    Tuned,
+    /// `InProcess` with a claim loop that claims, publishes and settles in turn
+    /// (`pipeline_depth` 1): a diagnostic row at the target rate, what the pipeline buys.
+    Unpipelined,
+    /// `InProcess` with librdkafka's `linger.ms` at [`OTHER_LINGER_MS`] instead of the
+    /// publisher's default: the other diagnostic row, what the producer's batching
+    /// delay costs or saves.
+    OtherLinger,
 }
+
+/// The `linger.ms` of [`Mode::OtherLinger`], against librdkafka's default of 5 ms,
+/// which `KafkaPublisher` keeps.
+pub(crate) const OTHER_LINGER_MS: &str = "0";
 
 impl Mode {
     pub(crate) const ALL: [Self; 5] = [
         Self::InProcess,
         Self::CrossProcess,
         Self::PollOnly,
-        Self::InProcessConcurrency4,
-        Self::Tuned,
+        Self::Unpipelined,
+        Self::OtherLinger,
     ];
 
-    pub(crate) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> String {
         match self {
-            Self::InProcess => "in-process wake",
-            Self::CrossProcess => "cross-process wake (NOTIFY)",
-            Self::PollOnly => "poll only (control)",
-            Self::InProcessConcurrency4 => "in-process wake, concurrency 4",
-            Self::Tuned => "in-process wake, concurrency 4, linger.ms=0",
+            Self::InProcess => "in-process wake".into(),
+            Self::CrossProcess => "cross-process wake (NOTIFY)".into(),
+            Self::PollOnly => "poll only (control)".into(),
+            Self::Unpipelined => "in-process wake, pipeline depth 1".into(),
+            Self::OtherLinger => format!("in-process wake, linger.ms={OTHER_LINGER_MS}"),
         }
     }
 
-    pub(crate) fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> String {
         match self {
-            Self::InProcess => "in_process",
-            Self::CrossProcess => "cross_process",
-            Self::PollOnly => "poll_only",
-            Self::InProcessConcurrency4 => "in_process_concurrency4",
-            Self::Tuned => "in_process_concurrency4_linger0",
+            Self::InProcess => "in_process".into(),
+            Self::CrossProcess => "cross_process".into(),
+            Self::PollOnly => "poll_only".into(),
+            Self::Unpipelined => "in_process_depth1".into(),
+            Self::OtherLinger => format!("in_process_linger{OTHER_LINGER_MS}"),
         }
     }
 
@@ -70,22 +75,27 @@ impl Mode {
 
     /// Whether this is a diagnostic row, run at the target rate only.
     pub(crate) fn diagnostic(self) -> bool {
-        matches!(self, Self::InProcessConcurrency4 | Self::Tuned)
+        matches!(self, Self::Unpipelined | Self::OtherLinger)
     }
 
-    /// The relay's configuration: the defaults, but for the diagnostic rows.
+    /// Whether the writers wake the relay in-process.
+    pub(crate) fn in_process(self) -> bool {
+        matches!(self, Self::InProcess | Self::Unpipelined | Self::OtherLinger)
+    }
+
+    /// The relay's configuration: the defaults, but for the unpipelined row.
     pub(crate) fn relay_config(self) -> RelayConfig {
         let mut config = RelayConfig::default();
-        if self.diagnostic() {
-            config.concurrency = 4;
+        if self == Self::Unpipelined {
+            config.pipeline_depth = 1;
         }
         config
     }
 
-    /// The publisher's configuration: the defaults, but for the tuned row.
+    /// The publisher's configuration: the defaults, but for the other-linger row.
     pub(crate) fn kafka_config(self, kafka: &KafkaConfig) -> KafkaConfig {
         match self {
-            Self::Tuned => kafka.clone().with_property("linger.ms", "0"),
+            Self::OtherLinger => kafka.clone().with_property("linger.ms", OTHER_LINGER_MS),
             _ => kafka.clone(),
         }
     }
@@ -114,9 +124,8 @@ impl ModeSetup {
     ) -> Result<Self> {
         let table = Identifier::parse("table", table)?;
         let writer_db = outbox_sea_orm::connect(url).await?;
-        // In-process the relay shares the writers' pool, but for the four claim loops,
-        // which would then wait for its ten connections alongside eight writers.
-        let relay_db = if mode == Mode::InProcess {
+        // In-process the relay shares the writers' pool.
+        let relay_db = if mode.in_process() {
             writer_db.clone()
         } else {
             outbox_sea_orm::connect(url).await?
@@ -137,7 +146,7 @@ impl ModeSetup {
     pub(crate) async fn close(self) {
         let _ = self.publisher.flush(Duration::from_secs(5)).await;
         let _ = self.writer_db.close().await;
-        if self.mode != Mode::InProcess {
+        if !self.mode.in_process() {
             let _ = self.relay_db.close().await;
         }
     }
@@ -226,7 +235,7 @@ pub(crate) async fn prepare_relay(
     let mut writer_store = SeaOrmStore::new(setup.writer_db.clone(), config)?;
     let (mut notifier, mut listener) = (None, None);
     match setup.mode {
-        Mode::InProcess | Mode::InProcessConcurrency4 | Mode::Tuned => {
+        mode if mode.in_process() => {
             writer_store = writer_store.with_waker(Arc::new(waker));
         }
         Mode::CrossProcess => {
@@ -240,7 +249,7 @@ pub(crate) async fn prepare_relay(
             listener =
                 Some(PgWakeListener::spawn(&setup.relay_db, &setup.table, Arc::new(waker)).await?);
         }
-        Mode::PollOnly => {}
+        _ => {}
     }
     let writer = Arc::new(Writer {
         store: writer_store,

@@ -33,11 +33,11 @@
 //!      `PgNotifier` (writer side, `--notify-window-ms`) → `PgWakeListener`.
 //!    - `poll-only`: no wake at all; the relay has its own pool and finds the messages
 //!      by polling (`poll_interval` 1 s, adaptive `min_poll_interval` 10 ms): the control.
-//!    - `in-process, concurrency 4` (at the target rate only): `in-process` with four
-//!      claim loops instead of one (and a pool of its own), to show what the relay's
-//!      claim-publish-settle pipeline costs; and the same with librdkafka's `linger.ms`
-//!      at 0 instead of its default 5 ms, to show what the producer's batching delay
-//!      costs.
+//!    - `in-process, pipeline depth 1` (at the target rate only): `in-process` with a
+//!      claim loop that claims, publishes and settles in turn, to show what the
+//!      pipeline (`RelayConfig::pipeline_depth`) buys; and `in-process` with
+//!      librdkafka's `linger.ms` at 0 instead of its default 5 ms, to show what the
+//!      producer's batching delay costs.
 //!
 //!    Rates: `--low-rate` (an idle relay between messages: what wakes are for), `--rate`
 //!    (the target, 1000/s) and 80% of the maximum. Each table first gets `--history`

@@ -180,7 +180,7 @@ impl Report {
              per cell the median of {} runs, each a fresh relay, {:.1} s of warm-up, then \
              {:.0} s measured. Relay: \
              RelayConfig defaults (batch_size {}, poll_interval {:?}, min_poll_interval \
-             {:?}, concurrency {}); KafkaPublisher defaults; PgNotifier window {} ms. \
+             {:?}, concurrency {}, pipeline_depth {}); KafkaPublisher defaults; PgNotifier window {} ms. \
              Targets at {:.0}/s (in-process and cross-process): p50 ≤ {} ms, p99 ≤ {} ms.\n",
             args.keys,
             args.writers,
@@ -192,6 +192,7 @@ impl Report {
             relay.poll_interval,
             relay.min_poll_interval,
             relay.concurrency,
+            relay.pipeline_depth,
             args.notify_window_ms,
             args.rate,
             TARGET_P50.as_millis(),
@@ -525,6 +526,7 @@ impl Report {
                     "poll_interval_ms": relay.poll_interval.as_millis() as u64,
                     "min_poll_interval_ms": relay.min_poll_interval.as_millis() as u64,
                     "concurrency": relay.concurrency,
+                    "pipeline_depth": relay.pipeline_depth,
                 },
             },
             "targets": {

@@ -383,6 +383,142 @@ async fn shutdown_drains_the_batch_in_flight_without_loss_or_double_publish() {
     assert_eq!(order_by_key(&broker.messages()), order_by_key(&written));
 }
 
+/// A publisher that records the keys of every batch handed to it, then holds the batch
+/// until [`open`](Self::open), then passes it on to the broker.
+#[derive(Clone)]
+struct Gate {
+    broker: InMemoryPublisher,
+    entered: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Gate {
+    fn closed(broker: InMemoryPublisher) -> Self {
+        Self {
+            broker,
+            entered: Arc::default(),
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// The keys of each batch that reached the publisher, in arrival order.
+    fn entered(&self) -> Vec<Vec<String>> {
+        self.entered.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 5 s) until `n` batches have reached the publisher.
+    async fn wait_for_batches(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.entered().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {:?} reached the publisher",
+                self.entered()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl outbox_ports::Publisher for Gate {
+    async fn publish(
+        &self,
+        batch: &[outbox_domain::OutboxMessage],
+    ) -> Vec<outbox_ports::PublishOutcome> {
+        let keys = batch.iter().map(|m| m.partition_key.clone()).collect();
+        self.entered.lock().unwrap().push(keys);
+        let mut open = self.open.subscribe();
+        open.wait_for(|open| *open).await.unwrap();
+        self.broker.publish(batch).await
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), outbox_ports::PublishError> {
+        self.broker.flush(timeout).await
+    }
+}
+
+fn gated_relay(store: &InMemoryStore, gate: &Gate, batch_size: usize, depth: usize) -> RelayHandle {
+    let mut cfg = config(batch_size);
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.pipeline_depth = depth;
+    // A held batch must not time out and free the pipeline within a test.
+    cfg.publish_timeout = Duration::from_secs(600);
+    cfg.lease = Duration::from_secs(1200);
+    Relay::new(Arc::new(store.clone()), Arc::new(gate.clone()), cfg)
+        .unwrap()
+        .spawn(CancellationToken::new())
+}
+
+/// A claim loop claims the next batch while earlier ones are at the broker, up to
+/// `pipeline_depth` batches, and no further until one of them settles.
+#[tokio::test]
+async fn a_claim_loop_keeps_up_to_its_pipeline_depth_of_batches_in_flight() {
+    let store = InMemoryStore::new();
+    let broker = InMemoryPublisher::new();
+    let now = chrono::Utc::now();
+    let written: Vec<_> = (0..12).map(|n| msg(&format!("k{n}"), 0, now)).collect();
+    store.enqueue(written.clone()).await.unwrap();
+    let gate = Gate::closed(broker.clone());
+    let handle = gated_relay(&store, &gate, 4, 2);
+
+    gate.wait_for_batches(2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        gate.entered().iter().map(Vec::len).collect::<Vec<_>>(),
+        [4, 4],
+        "two full batches in flight, the third waits for one of them"
+    );
+    gate.open();
+    broker.read_from(11, 1, Duration::from_secs(10)).await;
+    assert!(handle.shutdown().await);
+    assert_eq!(broker.len(), written.len(), "each message once");
+}
+
+/// The latency the pipeline exists for: a message committed while a batch is at the
+/// broker is claimed and published at once, not after that batch settles. A message of
+/// a key whose earlier message is still in flight waits for it (per-key order).
+#[tokio::test]
+async fn a_message_committed_while_a_batch_publishes_is_claimed_at_once() {
+    let store = InMemoryStore::new();
+    let broker = InMemoryPublisher::new();
+    let gate = Gate::closed(broker.clone());
+    let handle = gated_relay(&store, &gate, 10, 4);
+    tokio::time::sleep(Duration::from_millis(20)).await; // idle
+
+    let now = chrono::Utc::now();
+    let first = msg("a", 0, now);
+    store.enqueue(vec![first.clone()]).await.unwrap();
+    handle.notify();
+    gate.wait_for_batches(1).await;
+
+    let other_key = msg("b", 0, now);
+    let same_key = msg("a", 1, now);
+    store
+        .enqueue(vec![same_key.clone(), other_key.clone()])
+        .await
+        .unwrap();
+    handle.notify();
+    gate.wait_for_batches(2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        gate.entered(),
+        [vec!["a".to_owned()], vec!["b".to_owned()]],
+        "b claimed while a's batch publishes; a's next message waits for it"
+    );
+
+    gate.open();
+    broker.read_from(2, 1, Duration::from_secs(10)).await;
+    assert!(handle.shutdown().await);
+    let written = [first, same_key, other_key];
+    assert_eq!(broker.len(), written.len());
+    assert_eq!(order_by_key(&broker.messages()), order_by_key(&written));
+}
+
 #[tokio::test]
 async fn concurrent_relays_publish_each_message_once_in_key_order() {
     let store = InMemoryStore::new();
