@@ -80,7 +80,10 @@ impl Mode {
 
     /// Whether the writers wake the relay in-process.
     pub(crate) fn in_process(self) -> bool {
-        matches!(self, Self::InProcess | Self::Unpipelined | Self::OtherLinger)
+        matches!(
+            self,
+            Self::InProcess | Self::Unpipelined | Self::OtherLinger
+        )
     }
 
     /// The relay's configuration: the defaults, but for the unpipelined row.
