@@ -803,6 +803,11 @@ impl Backends {
         Ok(())
     }
 
+    /// The process id of the server of `kind` started here, if any.
+    pub(crate) fn pid(&self, kind: Kind) -> Option<u32> {
+        self.servers.iter().find(|s| s.kind == kind).map(|s| s.pid)
+    }
+
     /// What each server started here is, with its version (e.g. "PostgreSQL 15.18").
     pub(crate) fn titles(&self) -> &[(Kind, String)] {
         &self.titles

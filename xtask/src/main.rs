@@ -676,6 +676,9 @@ impl Scenario {
                     "--broker".to_owned(),
                     broker,
                 ];
+                if let Some(pid) = ctx.backends.pid(Kind::Kafka) {
+                    args.extend(["--broker-pid".to_owned(), pid.to_string()]);
+                }
                 if ctx.quick {
                     args.extend(["--quick".to_owned(), "--runs".to_owned(), "1".to_owned()]);
                 }

@@ -58,8 +58,8 @@ fn a_crash_during_the_ack_transaction_loses_nothing() {
 }
 
 fn config(database_url: &str, bootstrap: &str, topic: &str) -> String {
-    // One worker, so that a crash at one point is not also a crash of another batch at
-    // another point. A publish that outlives `publish_timeout_ms` is retried while the
+    // One worker with one batch in flight, so that a crash at one point is not also a
+    // crash of another batch at another point. A publish that outlives `publish_timeout_ms` is retried while the
     // broker may still take the first attempt (a duplicate outside the crash windows),
     // so it is generous, even for a fresh process's first publish on a loaded machine.
     // Small batches over many keys, so that the keys a killed relay leaves leased (for
@@ -71,6 +71,7 @@ database_url = "{database_url}"
 [relay]
 batch_size = 4
 concurrency = 1
+pipeline_depth = 1
 poll_interval_ms = 50
 lease_ms = 5000
 publish_timeout_ms = 4000

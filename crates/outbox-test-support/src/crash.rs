@@ -16,6 +16,11 @@
 //!   invariants: every committed message delivered, no rolled-back one, per-key order,
 //!   and duplicates only where [`CrashPoint::may_duplicate`] allows them.
 //!
+//! Run the relay with one claim loop and one batch in flight (`concurrency = 1`,
+//! `pipeline_depth = 1`): a kill then stops exactly one batch, at the named point. With
+//! more in flight, the kill also cuts other batches wherever they are, and one of them
+//! may be between the ack and the mark, a duplicate the point itself would not allow.
+//!
 //! `crates/outbox-cli/tests/crash.rs` runs the whole matrix against PostgreSQL and the
 //! Kafka-protocol broker; it is the worked example.
 

@@ -1,6 +1,7 @@
 //! A bare producer to the same broker: what the broker round trip costs by itself.
 
 use crate::Args;
+use crate::cpu::{CpuMeter, CpuUse};
 use crate::stats::Dist;
 use crate::writer::{Stream, Writer};
 use anyhow::Result;
@@ -21,6 +22,8 @@ pub(crate) struct Baseline {
     pub(crate) under_load: bool,
     pub(crate) latency: Dist,
     pub(crate) achieved: f64,
+    /// CPU use while the timed sends ran.
+    pub(crate) cpu: CpuUse,
 }
 
 /// Messages of a one-at-a-time baseline.
@@ -82,6 +85,7 @@ pub(crate) async fn producer_baseline(
     if load.is_some() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let cpu = CpuMeter::new(args.broker_pid).start();
     let start = Instant::now();
     let mut samples = Vec::new();
     match rate {
@@ -103,6 +107,7 @@ pub(crate) async fn producer_baseline(
             }
         }
     }
+    let cpu = cpu.finish();
     if let Some(load) = load {
         load.await??;
     }
@@ -112,5 +117,6 @@ pub(crate) async fn producer_baseline(
         under_load,
         achieved: samples.len() as f64 / start.elapsed().as_secs_f64(),
         latency: Dist::of(samples),
+        cpu,
     })
 }

@@ -2,6 +2,7 @@
 //! cell's statistics over its runs.
 
 use crate::Args;
+use crate::cpu::{CpuMeter, CpuUse};
 use crate::instrument::{AckClock, TimedStore, Tracker, lock};
 use crate::stats::{Dist, median};
 use crate::writer::{Commit, Stream, Writer};
@@ -297,6 +298,8 @@ pub(crate) struct RunStats {
     pub(crate) claim: Dist,
     /// End of that claim to the ack.
     pub(crate) publish: Dist,
+    /// CPU use over the run, warm-up included.
+    pub(crate) cpu: CpuUse,
 }
 
 impl RunStats {
@@ -309,6 +312,7 @@ impl RunStats {
                 "claim": self.claim.json(),
                 "claim_end_to_ack": self.publish.json(),
             },
+            "cpu": self.cpu.json(),
         })
     }
 }
@@ -408,7 +412,9 @@ pub(crate) async fn run_once(
         }
         prepared.spawn()
     };
+    let cpu = CpuMeter::new(args.broker_pid).start();
     let (start, relay) = tokio::join!(stream.run(writer), spawn);
+    let cpu = cpu.finish();
     let start = start?;
     if let Some(explain) = explain {
         explain.await?;
@@ -451,6 +457,7 @@ pub(crate) async fn run_once(
             wait: Dist::of(wait),
             claim: Dist::of(claim),
             publish: Dist::of(publish),
+            cpu,
         },
         claims: take(&tracker.claims),
         empty_claims: tracker.empty_claims.load(Ordering::Relaxed),
@@ -526,5 +533,6 @@ pub(crate) fn summarise(runs: &[RunStats]) -> RunStats {
         wait: dist(|r| r.wait),
         claim: dist(|r| r.claim),
         publish: dist(|r| r.publish),
+        cpu: CpuUse::median(&runs.iter().map(|r| r.cpu).collect::<Vec<_>>()),
     }
 }

@@ -67,6 +67,7 @@
 
 mod baseline;
 mod cells;
+mod cpu;
 mod instrument;
 mod notify;
 mod probe;
@@ -163,6 +164,10 @@ pub(crate) struct Args {
     /// What the broker is, for the report (e.g. "tansu 0.6.0").
     #[arg(long, default_value = "unknown")]
     pub(crate) broker: String,
+    /// The broker's process id, to report the CPU time it uses (`cargo xtask bench`
+    /// passes it for the tansu it starts).
+    #[arg(long)]
+    pub(crate) broker_pid: Option<u32>,
     /// Keep the database (its name is printed).
     #[arg(long)]
     pub(crate) keep: bool,

@@ -199,8 +199,11 @@ impl Report {
             TARGET_P99.as_millis(),
         );
         out.push_str(
-            "| Mode | Rate/s (target) | Achieved/s | Count | p50 | p99 | p99.9 | max | Target |\n\
-             |---|---|---|---|---|---|---|---|---|\n",
+            "CPU: how busy the machine's cores were over a run (warm-up included), and the \
+             broker process's CPU time in cores (1.00 = one core all the time); medians \
+             over the runs.\n\n\
+             | Mode | Rate/s (target) | Achieved/s | Count | p50 | p99 | p99.9 | max | CPU busy | broker cores | Target |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for c in &self.cells {
             let s = &c.summary;
@@ -208,9 +211,10 @@ impl Report {
                 Some((p50, p99)) => format!("p50 {} p99 {}", mark(p50), mark(p99)),
                 None => "–".into(),
             };
+            let (busy, broker) = s.cpu.cells();
             let _ = writeln!(
                 out,
-                "| {} | {:.0} ({}) | {:.0} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} ({}) | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.mode.name(),
                 c.target_rate,
                 c.rate_label,
@@ -220,6 +224,8 @@ impl Report {
                 ms(s.latency.p99),
                 ms(s.latency.p999),
                 ms(s.latency.max),
+                busy,
+                broker,
                 target
             );
         }
@@ -346,9 +352,10 @@ impl Report {
              settings (idempotent, acks=all) to the same broker, send to ack: paced at \
              {:.0}/s for {:.0} s, and {SEQUENTIAL_SENDS} messages one at a time (each sent \
              when the previous was acknowledged: the unloaded round trip); then paced again \
-             while {} writers commit to PostgreSQL at the same rate (no relay).\n\n\
-             | Load | linger.ms | Achieved/s | Count | p50 | p99 | p99.9 | max |\n\
-             |---|---|---|---|---|---|---|---|",
+             while {} writers commit to PostgreSQL at the same rate (no relay). CPU as \
+             in the latency table, over the timed sends.\n\n\
+             | Load | linger.ms | Achieved/s | Count | p50 | p99 | p99.9 | max | CPU busy | broker cores |\n\
+             |---|---|---|---|---|---|---|---|---|---|",
             args.rate,
             args.run_len().as_secs_f64(),
             args.writers
@@ -359,9 +366,10 @@ impl Report {
                 (Some(r), false) => format!("{r:.0}/s"),
                 (Some(r), true) => format!("{r:.0}/s + writers"),
             };
+            let (busy, broker) = b.cpu.cells();
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                 load,
                 b.linger_ms.map_or("default (5)".into(), |l| l.to_string()),
                 b.achieved,
@@ -369,7 +377,9 @@ impl Report {
                 ms(b.latency.p50),
                 ms(b.latency.p99),
                 ms(b.latency.p999),
-                ms(b.latency.max)
+                ms(b.latency.max),
+                busy,
+                broker
             );
         }
         let _ = writeln!(
@@ -486,6 +496,7 @@ impl Report {
                     "under_writer_load": b.under_load,
                     "achieved_rate": b.achieved,
                     "latency": b.latency.json(),
+                    "cpu": b.cpu.json(),
                 })
             })
             .collect();
