@@ -426,6 +426,9 @@ impl Relay {
     ///   message of each of its keys), or the idle pause, which starts at
     ///   `min_poll_interval` after work and doubles up to `poll_interval` (the adaptive
     ///   poll);
+    /// - but after an empty claim with batches in flight, not on a wake: what is due
+    ///   belongs to keys those batches hold, and a claim per commit would find nothing
+    ///   again until one of them settles;
     /// - with `pipeline_depth` batches in flight, only when one of them finishes.
     ///
     /// On shutdown it claims no more and waits for the batches in flight.
@@ -447,10 +450,12 @@ impl Relay {
                     }
                 }
             }
+            let mut heed_wakes = true;
             let pause = match self.claim(&owner).await {
                 Ok(claimed) => {
                     failures = 0;
                     let full = claimed.len() >= self.config.batch_size;
+                    heed_wakes = !claimed.is_empty() || in_flight.is_empty();
                     let pause = if claimed.is_empty() {
                         let pause = idle;
                         idle = (idle * 2).min(ceiling);
@@ -476,7 +481,7 @@ impl Relay {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.waker.0.notified() => {}
+                () = self.waker.0.notified(), if heed_wakes => {}
                 done = in_flight.join_next(), if !in_flight.is_empty() => log_panic(done),
                 () = tokio::time::sleep(pause) => {}
             }

@@ -189,6 +189,8 @@ pub enum StoreOp {
 struct StoreRules {
     fail_next: HashMap<StoreOp, u32>,
     delay: HashMap<StoreOp, Duration>,
+    /// Calls per operation, failed or not.
+    calls: HashMap<StoreOp, usize>,
 }
 
 /// Wraps a [`MessageStore`] and makes chosen operations fail with
@@ -225,10 +227,17 @@ impl<S> FaultyStore<S> {
         self
     }
 
-    /// Removes every rule.
+    /// Removes every rule (the call counts stay).
     pub fn heal(&self) -> &Self {
-        *self.rules() = StoreRules::default();
+        let mut r = self.rules();
+        r.fail_next.clear();
+        r.delay.clear();
         self
+    }
+
+    /// How many times `op` was called, failed or not.
+    pub fn calls(&self, op: StoreOp) -> usize {
+        self.rules().calls.get(&op).copied().unwrap_or(0)
     }
 
     /// The wrapped store.
@@ -237,7 +246,11 @@ impl<S> FaultyStore<S> {
     }
 
     async fn gate(&self, op: StoreOp) -> StoreResult<()> {
-        let delay = self.rules().delay.get(&op).copied();
+        let delay = {
+            let mut r = self.rules();
+            *r.calls.entry(op).or_default() += 1;
+            r.delay.get(&op).copied()
+        };
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }

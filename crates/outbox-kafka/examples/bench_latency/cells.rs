@@ -87,9 +87,8 @@ impl Mode {
         )
     }
 
-    /// The relay's configuration: the defaults, but for the unpipelined row.
-    pub(crate) fn relay_config(self) -> RelayConfig {
-        let mut config = RelayConfig::default();
+    /// The relay's configuration: `base`, but for the unpipelined row.
+    pub(crate) fn relay_config(self, mut config: RelayConfig) -> RelayConfig {
         if self == Self::Unpipelined {
             config.pipeline_depth = 1;
         }
@@ -215,10 +214,10 @@ pub(crate) struct RunningRelay {
 }
 
 pub(crate) async fn prepare_relay(
+    args: &Args,
     setup: &ModeSetup,
     tracker: &Arc<Tracker>,
     topic: &str,
-    keys: u64,
     notify_window: Duration,
 ) -> Result<RelayUnderTest> {
     let config = store_config(&setup.table);
@@ -233,7 +232,7 @@ pub(crate) async fn prepare_relay(
     let relay = Relay::new(
         Arc::new(store),
         Arc::new(publisher),
-        setup.mode.relay_config(),
+        setup.mode.relay_config(args.relay_config()),
     )?;
     let waker = relay.waker();
     let mut writer_store = SeaOrmStore::new(setup.writer_db.clone(), config)?;
@@ -259,7 +258,7 @@ pub(crate) async fn prepare_relay(
         store: writer_store,
         commit: Commit::Store,
         topic: topic.to_owned(),
-        keys,
+        keys: args.keys,
         tracker: tracker.clone(),
     });
     Ok(RelayUnderTest {
@@ -372,10 +371,10 @@ pub(crate) async fn run_once(
 ) -> Result<RunOutcome> {
     let tracker = Arc::new(Tracker::default());
     let prepared = prepare_relay(
+        args,
         setup,
         &tracker,
         topic,
-        args.keys,
         Duration::from_millis(args.notify_window_ms),
     )
     .await?;

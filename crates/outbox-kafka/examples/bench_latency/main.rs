@@ -85,6 +85,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use outbox_domain::Identifier;
 use outbox_kafka::{KafkaConfig, Provisioning, TopicSpec, ensure_topics};
+use outbox_runtime::RelayConfig;
 use outbox_sea_orm::SeaOrmStore;
 use sea_orm::ConnectionTrait;
 use std::path::PathBuf;
@@ -164,6 +165,9 @@ pub(crate) struct Args {
     /// What the broker is, for the report (e.g. "tansu 0.6.0").
     #[arg(long, default_value = "unknown")]
     pub(crate) broker: String,
+    /// The relay's `pipeline_depth` [default: `RelayConfig`'s] (the depth-1 row keeps 1).
+    #[arg(long)]
+    pub(crate) pipeline_depth: Option<usize>,
     /// The broker's process id, to report the CPU time it uses (`cargo xtask bench`
     /// passes it for the tansu it starts).
     #[arg(long)]
@@ -178,6 +182,15 @@ pub(crate) struct Args {
 }
 
 impl Args {
+    /// The relay's configuration: `RelayConfig` defaults, with `--pipeline-depth`.
+    pub(crate) fn relay_config(&self) -> RelayConfig {
+        let mut config = RelayConfig::default();
+        if let Some(depth) = self.pipeline_depth {
+            config.pipeline_depth = depth;
+        }
+        config
+    }
+
     pub(crate) fn run_len(&self) -> Duration {
         secs(self.run_secs.unwrap_or(if self.quick { 2.0 } else { 10.0 }))
     }

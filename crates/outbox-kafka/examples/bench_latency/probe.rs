@@ -51,7 +51,7 @@ pub(crate) async fn probe_max_rate(
     let history = (topic, args.keys, args.history);
     let setup = ModeSetup::new(Mode::InProcess, "bench_probe", url, kafka, history).await?;
     let tracker = Arc::new(Tracker::default());
-    let prepared = prepare_relay(&setup, &tracker, topic, args.keys, Duration::ZERO).await?;
+    let prepared = prepare_relay(args, &setup, &tracker, topic, Duration::ZERO).await?;
     let writer = prepared.writer.clone();
     let relay = prepared.spawn();
     let (warmup, measure) = if args.quick {

@@ -8,7 +8,6 @@ use crate::stats::Dist;
 use crate::{Args, TARGET_P50, TARGET_P99};
 use anyhow::{Context, Result};
 use chrono::Utc;
-use outbox_runtime::RelayConfig;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -173,14 +172,13 @@ pub(crate) fn mark(ok: bool) -> &'static str {
 impl Report {
     pub(crate) fn markdown(&self, args: &Args) -> String {
         let mut out = String::new();
-        let relay = RelayConfig::default();
+        let relay = args.relay_config();
         let _ = writeln!(
             out,
             "\n## Commit-to-ack latency\n\n{} keys, {} paced writer tasks, {} partitions; \
              per cell the median of {} runs, each a fresh relay, {:.1} s of warm-up, then \
-             {:.0} s measured. Relay: \
-             RelayConfig defaults (batch_size {}, poll_interval {:?}, min_poll_interval \
-             {:?}, concurrency {}, pipeline_depth {}); KafkaPublisher defaults; PgNotifier window {} ms. \
+             {:.0} s measured. Relay: batch_size {}, poll_interval {:?}, \
+             min_poll_interval {:?}, concurrency {}, pipeline_depth {}; KafkaPublisher defaults; PgNotifier window {} ms. \
              Targets at {:.0}/s (in-process and cross-process): p50 ≤ {} ms, p99 ≤ {} ms.\n",
             args.keys,
             args.writers,
@@ -287,7 +285,7 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "\n## Maximum sustainable rate\n\nPaced steps of {:.0} s with an \
-                     in-process relay (RelayConfig defaults); sustainable when the writers \
+                     in-process relay (configured as above); sustainable when the writers \
                      achieve 95% of the rate and at most 0.25 s worth of messages is \
                      unacknowledged when they stop.\n\n\
                      | Rate/s | Achieved/s | Backlog at the end | Sustainable |\n|---|---|---|---|",
@@ -444,7 +442,7 @@ impl Report {
     }
 
     pub(crate) fn json(&self, args: &Args) -> Value {
-        let relay = RelayConfig::default();
+        let relay = args.relay_config();
         let cells: Vec<Value> = self
             .cells
             .iter()

@@ -521,6 +521,46 @@ async fn a_message_committed_while_a_batch_publishes_is_claimed_at_once() {
     assert_eq!(order_by_key(&broker.messages()), order_by_key(&written));
 }
 
+/// After a claim that found nothing while batches are in flight, commits do not make
+/// the loop claim again (what is due belongs to the keys those batches hold); the
+/// batch settling does.
+#[tokio::test]
+async fn wakes_do_not_repeat_an_empty_claim_while_batches_are_in_flight() {
+    let store = FaultyStore::new(InMemoryStore::new());
+    let broker = InMemoryPublisher::new();
+    let gate = Gate::closed(broker.clone());
+    let mut cfg = config(10);
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.min_poll_interval = Duration::from_secs(3600);
+    cfg.publish_timeout = Duration::from_secs(600);
+    cfg.lease = Duration::from_secs(1200);
+    let handle = Relay::new(Arc::new(store.clone()), Arc::new(gate.clone()), cfg)
+        .unwrap()
+        .spawn(CancellationToken::new());
+
+    let now = chrono::Utc::now();
+    let written = [msg("a", 0, now), msg("a", 1, now)];
+    store.enqueue(vec![written[0].clone()]).await.unwrap();
+    handle.notify();
+    gate.wait_for_batches(1).await;
+    // The second message waits behind the first, in flight.
+    store.enqueue(vec![written[1].clone()]).await.unwrap();
+    for _ in 0..20 {
+        handle.notify();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let claims = store.calls(StoreOp::Claim);
+    assert!(
+        claims <= 4,
+        "{claims} claims: one per wake would be over twenty"
+    );
+
+    gate.open();
+    broker.read_from(1, 1, Duration::from_secs(10)).await;
+    assert!(handle.shutdown().await);
+    assert_eq!(order_by_key(&broker.messages()), order_by_key(&written));
+}
+
 #[tokio::test]
 async fn concurrent_relays_publish_each_message_once_in_key_order() {
     let store = InMemoryStore::new();
