@@ -3,6 +3,7 @@
 //! and the relay compete; these figures show how close a cell ran to the machine's
 //! limit.
 
+use crate::stats::median;
 use serde_json::{Value, json};
 
 /// The broker's process, if known (`--broker-pid`), to measure alongside the machine.
@@ -78,12 +79,8 @@ impl CpuUse {
     /// The median over `uses` of each figure present in all of them.
     pub(crate) fn median(uses: &[CpuUse]) -> CpuUse {
         let of = |f: fn(&CpuUse) -> Option<f64>| {
-            let mut v: Vec<f64> = uses.iter().map(f).collect::<Option<_>>()?;
-            if v.is_empty() {
-                return None;
-            }
-            v.sort_by(f64::total_cmp);
-            Some(v[v.len() / 2])
+            let values: Vec<f64> = uses.iter().map(f).collect::<Option<_>>()?;
+            (!values.is_empty()).then(|| median(values))
         };
         CpuUse {
             machine: of(|u| u.machine),
