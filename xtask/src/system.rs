@@ -186,11 +186,17 @@ fn run_to_stderr(program: &str, args: &[&str]) -> Result<()> {
     let mut cmd = Command::new(program);
     cmd.args(args);
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
-    cmd.stdout(std::io::stderr());
     let line = format!(
         "DEBIAN_FRONTEND=noninteractive {}",
         crate::command_line(&cmd)
     );
+    run_shown(cmd, &line)
+}
+
+/// Runs `cmd`, shown as `line`, with its stdout sent to stderr where xtask sends its
+/// progress; fails naming `line` if it does not start or does not succeed.
+pub(crate) fn run_shown(mut cmd: Command, line: &str) -> Result<()> {
+    cmd.stdout(std::io::stderr());
     note(&format!("$ {line}"));
     let status = cmd
         .status()

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::note;
-use crate::system::ensure_python3;
+use crate::system::{ensure_python3, run_shown};
 
 /// The Kafka-protocol broker for the outbox-kafka tests.
 pub(crate) const TANSU_VERSION: &str = "0.6.0";
@@ -81,16 +81,8 @@ pub(crate) fn ensure_tansu(workspace_root: &Path) -> Result<PathBuf> {
 /// xtask sends its progress.
 pub(crate) fn run_installer(mut install: Command) -> Result<()> {
     install.current_dir(std::env::temp_dir());
-    install.stdout(std::io::stderr());
     let line = crate::command_line(&install);
-    note(&format!("$ {line}"));
-    let status = install
-        .status()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    Ok(())
+    run_shown(install, &line)
 }
 
 /// pulsar-lite and pulsar-client, installed by [`ensure_pulsar_lite`].
