@@ -30,15 +30,11 @@ pub(crate) enum Mode {
     /// `InProcess` with a claim loop that claims, publishes and settles in turn
     /// (`pipeline_depth` 1): a diagnostic row at the target rate, what the pipeline buys.
     Unpipelined,
-    /// `InProcess` with librdkafka's `linger.ms` at [`OTHER_LINGER_MS`] instead of the
-    /// publisher's default: the other diagnostic row, what the producer's batching
-    /// delay costs or saves.
-    OtherLinger,
+    /// `InProcess` with librdkafka's `linger.ms` at 0 instead of its default of 5 ms,
+    /// which `KafkaPublisher` keeps: the other diagnostic row, what the producer's
+    /// batching delay costs or saves.
+    Linger0,
 }
-
-/// The `linger.ms` of [`Mode::OtherLinger`], against librdkafka's default of 5 ms,
-/// which `KafkaPublisher` keeps.
-pub(crate) const OTHER_LINGER_MS: &str = "0";
 
 impl Mode {
     pub(crate) const ALL: [Self; 5] = [
@@ -46,26 +42,26 @@ impl Mode {
         Self::CrossProcess,
         Self::PollOnly,
         Self::Unpipelined,
-        Self::OtherLinger,
+        Self::Linger0,
     ];
 
-    pub(crate) fn name(self) -> String {
+    pub(crate) fn name(self) -> &'static str {
         match self {
-            Self::InProcess => "in-process wake".into(),
-            Self::CrossProcess => "cross-process wake (NOTIFY)".into(),
-            Self::PollOnly => "poll only (control)".into(),
-            Self::Unpipelined => "in-process wake, pipeline depth 1".into(),
-            Self::OtherLinger => format!("in-process wake, linger.ms={OTHER_LINGER_MS}"),
+            Self::InProcess => "in-process wake",
+            Self::CrossProcess => "cross-process wake (NOTIFY)",
+            Self::PollOnly => "poll only (control)",
+            Self::Unpipelined => "in-process wake, pipeline depth 1",
+            Self::Linger0 => "in-process wake, linger.ms=0",
         }
     }
 
-    pub(crate) fn key(self) -> String {
+    pub(crate) fn key(self) -> &'static str {
         match self {
-            Self::InProcess => "in_process".into(),
-            Self::CrossProcess => "cross_process".into(),
-            Self::PollOnly => "poll_only".into(),
-            Self::Unpipelined => "in_process_depth1".into(),
-            Self::OtherLinger => format!("in_process_linger{OTHER_LINGER_MS}"),
+            Self::InProcess => "in_process",
+            Self::CrossProcess => "cross_process",
+            Self::PollOnly => "poll_only",
+            Self::Unpipelined => "in_process_depth1",
+            Self::Linger0 => "in_process_linger0",
         }
     }
 
@@ -76,15 +72,12 @@ impl Mode {
 
     /// Whether this is a diagnostic row, run at the target rate only.
     pub(crate) fn diagnostic(self) -> bool {
-        matches!(self, Self::Unpipelined | Self::OtherLinger)
+        matches!(self, Self::Unpipelined | Self::Linger0)
     }
 
     /// Whether the writers wake the relay in-process.
     pub(crate) fn in_process(self) -> bool {
-        matches!(
-            self,
-            Self::InProcess | Self::Unpipelined | Self::OtherLinger
-        )
+        matches!(self, Self::InProcess | Self::Unpipelined | Self::Linger0)
     }
 
     /// The relay's configuration: `base`, but for the unpipelined row.
@@ -95,10 +88,10 @@ impl Mode {
         config
     }
 
-    /// The publisher's configuration: the defaults, but for the other-linger row.
+    /// The publisher's configuration: the defaults, but for the `linger.ms=0` row.
     pub(crate) fn kafka_config(self, kafka: &KafkaConfig) -> KafkaConfig {
         match self {
-            Self::OtherLinger => kafka.clone().with_property("linger.ms", OTHER_LINGER_MS),
+            Self::Linger0 => kafka.clone().with_property("linger.ms", "0"),
             _ => kafka.clone(),
         }
     }
