@@ -562,6 +562,67 @@ async fn wakes_do_not_repeat_an_empty_claim_while_batches_are_in_flight() {
 }
 
 #[tokio::test]
+async fn with_a_batch_in_flight_its_settling_not_the_poll_paces_the_claims() {
+    let store = FaultyStore::new(InMemoryStore::new());
+    let broker = InMemoryPublisher::new();
+    let gate = Gate::closed(broker.clone());
+    let mut cfg = config(10);
+    cfg.min_poll_interval = Duration::from_millis(1);
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.publish_timeout = Duration::from_secs(600);
+    cfg.lease = Duration::from_secs(1200);
+    let handle = Relay::new(Arc::new(store.clone()), Arc::new(gate.clone()), cfg)
+        .unwrap()
+        .spawn(CancellationToken::new());
+
+    let written = msg("a", 0, chrono::Utc::now());
+    store.enqueue(vec![written.clone()]).await.unwrap();
+    handle.notify();
+    gate.wait_for_batches(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claims = store.calls(StoreOp::Claim);
+    assert!(
+        claims <= 2,
+        "{claims} claims: polling from 1 ms up while the batch publishes would be about 8"
+    );
+
+    gate.open();
+    broker.read_from(0, 1, Duration::from_secs(10)).await;
+    assert!(handle.shutdown().await);
+}
+
+#[tokio::test]
+async fn claims_ahead_that_come_back_short_back_off() {
+    // One key and batches of one: every batch is full, and every claim made ahead of
+    // the batch in flight finds the key busy.
+    let store = FaultyStore::new(InMemoryStore::new());
+    let broker = InMemoryPublisher::new();
+    let slow = FaultyPublisher::new(broker.clone());
+    slow.delay(Duration::from_millis(2));
+    let now = chrono::Utc::now();
+    let written: Vec<_> = (0..100).map(|n| msg("a", n, now)).collect();
+    store.enqueue(written.clone()).await.unwrap();
+    let mut cfg = config(1);
+    cfg.poll_interval = Duration::from_secs(3600);
+    cfg.min_poll_interval = Duration::from_secs(3600);
+    let handle = Relay::new(Arc::new(store.clone()), Arc::new(slow), cfg)
+        .unwrap()
+        .spawn(CancellationToken::new());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while broker.len() < written.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(handle.shutdown().await);
+    assert_eq!(order_by_key(&broker.messages()), order_by_key(&written));
+    let claims = store.calls(StoreOp::Claim);
+    assert!(
+        claims <= 120,
+        "{claims} claims for 100 batches: one ahead of each would be about 200"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_relays_publish_each_message_once_in_key_order() {
     let store = InMemoryStore::new();
     let broker = InMemoryPublisher::new();
