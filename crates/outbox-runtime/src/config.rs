@@ -46,7 +46,8 @@ pub struct RelayConfig {
     /// wait is this short and doubles with each empty claim up to `poll_interval` (default 10 ms;
     /// capped at `poll_interval`). So a busy relay notices new work within milliseconds
     /// even without a wake (MySQL and SQLite have no cross-process wake), and an idle
-    /// one polls at `poll_interval`.
+    /// one polls at `poll_interval`. While a loop has batches in flight, each one that
+    /// settles prompts its next claim instead.
     pub min_poll_interval: Duration,
     /// How long a claim holds (default 30 s).
     pub lease: Duration,
@@ -60,7 +61,10 @@ pub struct RelayConfig {
     /// batch while earlier ones are at the broker, so a message committed meanwhile
     /// waits for one claim, not for a whole claim–publish–settle cycle. Per-key order
     /// is unaffected: the claim never hands out a key whose earlier message is still
-    /// unsettled. 1 claims, publishes and settles in turn. A loop uses up to
+    /// unsettled. After a full batch the loop claims again at once, unless such claims
+    /// have been coming back short (every key with due messages already in flight, at
+    /// this relay or others): then it mostly waits for a batch to settle first, as at
+    /// depth 1. 1 claims, publishes and settles in turn. A loop uses up to
     /// `1 + pipeline_depth` database connections at once (a claim and the settlements),
     /// so size a pool it shares with writers for them.
     pub pipeline_depth: usize,

@@ -701,3 +701,36 @@ pub mod relay_metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ClaimAhead;
+
+    /// The full batches a loop lets go without claiming ahead after each of `misses`
+    /// short claims ahead in a row.
+    fn skips(ahead: &mut ClaimAhead, misses: usize) -> Vec<u32> {
+        (0..misses)
+            .map(|_| {
+                assert!(ahead.now(), "claims ahead once the skips are used up");
+                ahead.record(false);
+                let mut skipped = 0;
+                while !ahead.now() {
+                    skipped += 1;
+                }
+                skipped
+            })
+            .collect()
+    }
+
+    #[test]
+    fn claims_ahead_back_off_exponentially_and_a_full_one_resets_them() {
+        let mut ahead = ClaimAhead::default();
+        assert_eq!(skips(&mut ahead, 9), [1, 2, 4, 8, 16, 32, 64, 64, 64]);
+        ahead.record(true);
+        assert_eq!(
+            skips(&mut ahead, 2),
+            [1, 2],
+            "a full claim ahead starts over"
+        );
+    }
+}
