@@ -44,4 +44,60 @@ async fn up_status_down_fresh(backend: Backend) {
         .expect("the application's own table survives");
 }
 
-on_every_backend!(up_status_down_fresh);
+/// The definition of `outbox_messages_lease` (`None` on MySQL, whose indexes are part
+/// of the table's definition).
+async fn lease_index(db: &sea_orm::DatabaseConnection, backend: Backend) -> Option<String> {
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT indexdef AS def FROM pg_indexes WHERE indexname = 'outbox_messages_lease'"
+        }
+        Backend::MySql => return None,
+        _ => "SELECT sql AS def FROM sqlite_master WHERE name = 'outbox_messages_lease'",
+    };
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await
+        .unwrap()
+        .expect("the lease index exists");
+    Some(row.try_get("", "def").unwrap())
+}
+
+/// Migration 5 gives the lease index a predicate the claim's in-flight probe does not
+/// imply; rolled back, it is the index of before, and `prepare_outbox_table` (what
+/// per-service tables get) upgrades that too.
+async fn the_lease_index_is_upgraded_to_its_own_predicate(backend: Backend) {
+    let db = fresh_db(backend, "migrate_lease").await;
+    let upgraded = |def: Option<String>| {
+        def.is_none_or(|d| d.contains("lease_expires_at IS NOT NULL") && !d.contains("status"))
+    };
+    assert!(upgraded(lease_index(&db, backend).await), "a fresh schema");
+
+    Migrator::down(&db, Some(1)).await.unwrap();
+    let before = lease_index(&db, backend).await;
+    assert!(
+        before.is_none() || !upgraded(before.clone()),
+        "rolled back: {before:?}"
+    );
+    Migrator::up(&db, None).await.unwrap();
+    assert!(upgraded(lease_index(&db, backend).await), "migration 5");
+
+    Migrator::down(&db, Some(1)).await.unwrap();
+    outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
+        .await
+        .unwrap();
+    assert!(
+        upgraded(lease_index(&db, backend).await),
+        "prepare_outbox_table"
+    );
+    outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
+        .await
+        .expect("idempotent");
+}
+
+on_every_backend!(
+    up_status_down_fresh,
+    the_lease_index_is_upgraded_to_its_own_predicate
+);
