@@ -211,7 +211,7 @@ pub fn outbox_table(backend: DbBackend, table: &str) -> Vec<String> {
 ///
 /// Not `status = 'in_flight'`: the claim's "is this key in flight?" probe filters on
 /// that, so `_lease` could serve it too, as a scan of every in-flight entry (dead ones
-/// included, until vacuum) with a heap fetch each, and PostgreSQL chose it whenever its
+/// included, until vacuum) with a heap fetch each, and PostgreSQL chose it when its
 /// statistics called the partial indexes empty: the lease index is the smaller one. In
 /// the history benchmark whole drains ran at a quarter of their speed that way (claims of
 /// 500 at 80–110 ms instead of 20 ms). The sweeper's `lease_expires_at <= $now` implies

@@ -459,12 +459,13 @@ impl Relay {
                 }
             }
             let mut heed_wakes = true;
+            let was_ahead = std::mem::take(&mut claiming_ahead);
             let pause = match self.claim(&owner).await {
                 Ok(claimed) => {
                     failures = 0;
                     let full = claimed.len() >= self.config.batch_size;
                     let found = !claimed.is_empty();
-                    if std::mem::take(&mut claiming_ahead) {
+                    if was_ahead {
                         ahead.record(full);
                     }
                     heed_wakes = found || in_flight.is_empty();
