@@ -23,14 +23,11 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         if manager.get_database_backend() != sea_orm::DbBackend::MySql {
-            let t = crate::schema::OUTBOX_TABLE;
-            let db = manager.get_connection();
-            db.execute_unprepared(&format!("DROP INDEX IF EXISTS {t}_lease"))
-                .await?;
-            db.execute_unprepared(&format!(
-                "CREATE INDEX IF NOT EXISTS {t}_lease ON {t} (lease_expires_at) \
-                 WHERE status = 'in_flight'"
-            ))
+            crate::schema::recreate_lease_index(
+                manager.get_connection(),
+                crate::schema::OUTBOX_TABLE,
+                "status = 'in_flight'",
+            )
             .await?;
         }
         Ok(())

@@ -250,11 +250,21 @@ pub async fn upgrade_lease_index<C: sea_orm_migration::sea_orm::ConnectionTrait>
     if !def.contains("status") {
         return Ok(());
     }
+    recreate_lease_index(db, table, LEASE_PREDICATE).await
+}
+
+/// Drops `{table}_lease` and creates it again over the rows matching `predicate`
+/// (PostgreSQL and SQLite).
+pub(crate) async fn recreate_lease_index<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &str,
+    predicate: &str,
+) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
     db.execute_unprepared(&format!("DROP INDEX IF EXISTS {table}_lease"))
         .await?;
     db.execute_unprepared(&format!(
         "CREATE INDEX IF NOT EXISTS {table}_lease ON {table} (lease_expires_at) \
-         WHERE {LEASE_PREDICATE}"
+         WHERE {predicate}"
     ))
     .await?;
     Ok(())
