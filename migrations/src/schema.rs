@@ -26,9 +26,11 @@
 //! status = 'in_flight'` the "is one of this key in flight?" probe from the few rows in
 //! flight. `_lease (lease_expires_at) WHERE lease_expires_at IS NOT NULL` serves the
 //! lease sweeper; its predicate keeps it out of the in-flight probe
-//! ([`LEASE_PREDICATE`]). MySQL has no partial indexes, so `_due` and `_lease` lead with
-//! `status`, and `_key_unfinished` is `(service, partition_key, status, seq)`, which
-//! serves both per-key probes. See docs/storage.md for the query plans.
+//! ([`LEASE_PREDICATE`]). MySQL has no partial indexes, so `_due`, `_lease` and
+//! `_key_unfinished` lead with `status`: `_key_unfinished` is `(status, service,
+//! partition_key, seq)` ([`KEY_UNFINISHED_MYSQL`]), which serves both per-key probes and
+//! reads the pending rows key by key without the finished ones. See docs/storage.md for
+//! the query plans.
 //!
 //! On PostgreSQL the outbox table is created with aggressive per-table autovacuum
 //! settings (scale factor 0.01, no cost delay): every delivered message leaves dead
@@ -189,7 +191,7 @@ pub fn outbox_table(backend: DbBackend, table: &str) -> Vec<String> {
             (
                 "key_unfinished",
                 "service, partition_key, seq",
-                "service, partition_key, status, seq",
+                KEY_UNFINISHED_MYSQL,
                 "status IN ('pending', 'in_flight')",
             ),
             (
@@ -217,6 +219,79 @@ pub fn outbox_table(backend: DbBackend, table: &str) -> Vec<String> {
 /// 500 at 80–110 ms instead of 20 ms). The sweeper's `lease_expires_at <= $now` implies
 /// this predicate; the probe's status does not.
 pub const LEASE_PREDICATE: &str = "lease_expires_at IS NOT NULL";
+
+/// The columns of `{table}_key_unfinished` on MySQL/MariaDB (since migration 6; before,
+/// `(service, partition_key, status, seq)`).
+///
+/// With `status` first, the pending rows of a key are one range, and so are the pending
+/// rows of all the keys but a few: a claim that finds its walk blocked reads the keys
+/// that are not in flight as `status = 'pending' AND partition_key NOT IN (…)`, index
+/// ranges that skip the blocked keys' rows (MySQL and MariaDB turn a `NOT IN` list of
+/// constants into ranges). With the key first, each key's finished rows lay between its
+/// pending ones and the next key's. The per-key probes (`status`, `service` and
+/// `partition_key` all equal) read the same entries in either order.
+pub const KEY_UNFINISHED_MYSQL: &str = "status, service, partition_key, seq";
+
+/// Brings an outbox table's claim indexes up to date: [`upgrade_lease_index`] on
+/// PostgreSQL and SQLite, [`upgrade_key_unfinished_index`] on MySQL/MariaDB. What
+/// [`prepare_outbox_table`](crate::prepare_outbox_table) runs for per-service tables.
+pub async fn upgrade_indexes<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
+    upgrade_lease_index(db, table).await?;
+    upgrade_key_unfinished_index(db, table).await
+}
+
+/// Brings an outbox table's `_key_unfinished` index to [`KEY_UNFINISHED_MYSQL`] on
+/// MySQL/MariaDB if it leads with `service` (the order of before): drops and adds it in
+/// one `ALTER TABLE` (InnoDB builds it in place, without blocking writes). A no-op when
+/// it is up to date or missing, and on PostgreSQL and SQLite.
+pub async fn upgrade_key_unfinished_index<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
+    use sea_orm_migration::sea_orm::Statement;
+    let backend = db.get_database_backend();
+    if backend != DbBackend::MySql {
+        return Ok(());
+    }
+    let first = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT column_name AS first FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND table_name = '{table}' \
+                 AND index_name = '{table}_key_unfinished' AND seq_in_index = 1"
+            ),
+        ))
+        .await?;
+    let Some(first) = first else {
+        return Ok(());
+    };
+    let first: String = first.try_get("", "first")?;
+    if first.eq_ignore_ascii_case("status") {
+        return Ok(());
+    }
+    recreate_key_unfinished_index(db, table, KEY_UNFINISHED_MYSQL).await
+}
+
+/// Replaces `{table}_key_unfinished` on MySQL/MariaDB by an index over `columns`, in one
+/// statement.
+pub(crate) async fn recreate_key_unfinished_index<
+    C: sea_orm_migration::sea_orm::ConnectionTrait,
+>(
+    db: &C,
+    table: &str,
+    columns: &str,
+) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
+    db.execute_unprepared(&format!(
+        "ALTER TABLE {table} DROP INDEX {table}_key_unfinished, \
+         ADD INDEX {table}_key_unfinished ({columns})"
+    ))
+    .await?;
+    Ok(())
+}
 
 /// Brings an outbox table's `_lease` index to [`LEASE_PREDICATE`] on PostgreSQL and
 /// SQLite, if it has the predicate of before (`status = 'in_flight'`): drops and creates

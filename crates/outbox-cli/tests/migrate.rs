@@ -12,13 +12,15 @@ const DEAD_LETTERS: &str = "m20261121_000002_create_consumer_dead_letters";
 const LOG_POSITIONS: &str = "m20261122_000003_outbox_log_positions";
 const KEY_IN_FLIGHT: &str = "m20261123_000004_outbox_key_in_flight";
 const LEASE_PREDICATE: &str = "m20261124_000005_outbox_lease_predicate";
+const STATUS_FIRST: &str = "m20261125_000006_outbox_key_unfinished_status_first";
 /// Every migration, oldest first.
-const ALL: [&str; 5] = [
+const ALL: [&str; 6] = [
     MIGRATION,
     DEAD_LETTERS,
     LOG_POSITIONS,
     KEY_IN_FLIGHT,
     LEASE_PREDICATE,
+    STATUS_FIRST,
 ];
 
 fn migrate(url: &str, args: &[&str]) -> Run {
@@ -31,7 +33,7 @@ fn migrate(url: &str, args: &[&str]) -> Run {
 }
 
 /// `outbox migrate status` reports `statuses` for the migrations, in order.
-fn assert_status(url: &str, statuses: [&str; 5]) {
+fn assert_status(url: &str, statuses: [&str; 6]) {
     let run = migrate(url, &["status"]);
     for (migration, status) in ALL.into_iter().zip(statuses) {
         assert!(
@@ -44,7 +46,7 @@ fn assert_status(url: &str, statuses: [&str; 5]) {
 /// status → up → status → down (twice) → status → up one step, an application table,
 /// fresh.
 fn up_down_status_fresh(url: &str) {
-    assert_status(url, ["Pending"; 5]);
+    assert_status(url, ["Pending"; 6]);
     let run = migrate(url, &["up"]);
     for migration in ALL {
         assert!(
@@ -52,7 +54,7 @@ fn up_down_status_fresh(url: &str) {
             "{run}"
         );
     }
-    assert_status(url, ["Applied"; 5]);
+    assert_status(url, ["Applied"; 6]);
     sql(url, "SELECT 1 FROM outbox_messages").expect("up creates the outbox table");
     sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").expect("and the dead letters");
 
@@ -61,31 +63,62 @@ fn up_down_status_fresh(url: &str) {
 
     let run = migrate(url, &["down"]);
     assert!(
-        run.stdout
-            .contains(&format!("rolled back  {LEASE_PREDICATE}")),
+        run.stdout.contains(&format!("rolled back  {STATUS_FIRST}")),
         "down rolls back one step: {run}"
     );
-    assert_status(url, ["Applied", "Applied", "Applied", "Applied", "Pending"]);
+    assert_status(
+        url,
+        [
+            "Applied", "Applied", "Applied", "Applied", "Applied", "Pending",
+        ],
+    );
+    let run = migrate(url, &["down"]);
+    assert!(
+        run.stdout
+            .contains(&format!("rolled back  {LEASE_PREDICATE}")),
+        "{run}"
+    );
+    assert_status(
+        url,
+        [
+            "Applied", "Applied", "Applied", "Applied", "Pending", "Pending",
+        ],
+    );
     let run = migrate(url, &["down"]);
     assert!(
         run.stdout
             .contains(&format!("rolled back  {KEY_IN_FLIGHT}")),
         "{run}"
     );
-    assert_status(url, ["Applied", "Applied", "Applied", "Pending", "Pending"]);
+    assert_status(
+        url,
+        [
+            "Applied", "Applied", "Applied", "Pending", "Pending", "Pending",
+        ],
+    );
     let run = migrate(url, &["down"]);
     assert!(
         run.stdout
             .contains(&format!("rolled back  {LOG_POSITIONS}")),
         "{run}"
     );
-    assert_status(url, ["Applied", "Applied", "Pending", "Pending", "Pending"]);
+    assert_status(
+        url,
+        [
+            "Applied", "Applied", "Pending", "Pending", "Pending", "Pending",
+        ],
+    );
     let run = migrate(url, &["down"]);
     assert!(
         run.stdout.contains(&format!("rolled back  {DEAD_LETTERS}")),
         "{run}"
     );
-    assert_status(url, ["Applied", "Pending", "Pending", "Pending", "Pending"]);
+    assert_status(
+        url,
+        [
+            "Applied", "Pending", "Pending", "Pending", "Pending", "Pending",
+        ],
+    );
     assert!(sql(url, "SELECT 1 FROM outbox_consumer_dead_letters").is_err());
     sql(url, "SELECT 1 FROM outbox_messages").expect("the first migration stays");
     let run = migrate(url, &["down"]);
@@ -93,7 +126,7 @@ fn up_down_status_fresh(url: &str) {
         run.stdout.contains(&format!("rolled back  {MIGRATION}")),
         "{run}"
     );
-    assert_status(url, ["Pending"; 5]);
+    assert_status(url, ["Pending"; 6]);
     assert!(
         sql(url, "SELECT 1 FROM outbox_messages").is_err(),
         "down drops the outbox table"
@@ -105,10 +138,10 @@ fn up_down_status_fresh(url: &str) {
     let run = migrate(url, &["fresh"]);
     assert!(
         run.stdout
-            .contains("rolled back and re-applied 1 migration(s), applied 4 pending one(s)"),
+            .contains("rolled back and re-applied 1 migration(s), applied 5 pending one(s)"),
         "{run}"
     );
-    assert_status(url, ["Applied"; 5]);
+    assert_status(url, ["Applied"; 6]);
     sql(url, "SELECT 1 FROM outbox_messages").expect("fresh re-creates the outbox table");
     sql(url, "DELETE FROM app_rows WHERE id = 7").expect("fresh keeps the application's table");
 }

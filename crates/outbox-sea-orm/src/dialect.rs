@@ -48,6 +48,20 @@ impl Dialect {
         }
     }
 
+    /// After a table in `FROM`: the index a claim's query must read it by. SQLite
+    /// (` INDEXED BY …`): with no statistics its planner prefers `_status` for `status =
+    /// 'pending'`, reading every pending row and sorting them, and it uses the partial
+    /// `_key_unfinished` only for a query that repeats its predicate. MySQL/MariaDB
+    /// (` FORCE INDEX (…)`): its estimates for index ranges of keys are statistics.
+    /// Nothing on PostgreSQL, whose claim pins its plan by settings (`CLAIM_PLAN`).
+    pub(crate) fn index_hint(self, index: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!(" INDEXED BY {index}"),
+            Dialect::MySql => format!(" FORCE INDEX ({index})"),
+            Dialect::Postgres => String::new(),
+        }
+    }
+
     /// The row-lock clause of a read-modify-write.
     pub(crate) fn for_update(self) -> &'static str {
         match self {

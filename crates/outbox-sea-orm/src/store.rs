@@ -41,18 +41,18 @@ use uuid::Uuid;
 const CLAIM_PLAN: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
     SET LOCAL enable_sort = off; SET LOCAL jit = off; SET LOCAL synchronous_commit = off";
 
-/// Due rows a claim walks in order, per message of its batch, before it looks further
-/// another way: on PostgreSQL heads key by key (see `SeaOrmStore::claim_postgres`), on
-/// MySQL/MariaDB and SQLite the rest of the walk, only when the bounded one found
-/// nothing (see `SeaOrmStore::claim_in_steps`).
+/// Due rows a claim walks in order, per message of its batch, before it looks for heads
+/// key by key: on PostgreSQL when the walk is cut short (see
+/// `SeaOrmStore::claim_postgres`), on MySQL/MariaDB and SQLite when it found nothing
+/// (see `SeaOrmStore::claim_in_steps`).
 const WALK_PER_MESSAGE: usize = 2;
 
 /// Where a claim's walk stops on MySQL/MariaDB and SQLite: the `(next_attempt_at, seq)`
 /// of a due row (see `SeaOrmStore::walk_bound`).
 type WalkBound = (DateTime<Utc>, i64);
 
-/// The line of [`SeaOrmStore::explain_claim`]'s text on PostgreSQL that separates the
-/// walk's plan from the plan of the heads key by key.
+/// The line of [`SeaOrmStore::explain_claim`]'s text that separates the walk's plan from
+/// the plan of the heads key by key.
 pub const KEY_HEADS_PLAN: &str = "-- when the walk is cut short: heads key by key";
 
 /// Rows per `INSERT` statement of a bulk enqueue. With 17 columns (18 binds per row on
@@ -196,9 +196,10 @@ impl SeaOrmStore {
     /// claim indexes. With `analyze` on PostgreSQL the queries run (`EXPLAIN ANALYZE`,
     /// inside a transaction that is rolled back) and the plans show real timings.
     ///
-    /// On PostgreSQL a claim may run two queries, and the text holds both plans: the
-    /// walk of `_due`, then, after a line [`KEY_HEADS_PLAN`], the heads key by key that
-    /// the claim looks for when the walk is cut short.
+    /// A claim may run two queries, and the text holds both plans: the walk of `_due`,
+    /// then, after a line [`KEY_HEADS_PLAN`], the heads key by key that the claim looks
+    /// for when the walk is cut short (on PostgreSQL) or found nothing (MySQL/MariaDB
+    /// and SQLite; on MySQL/MariaDB for the keys the claim would find blocked now).
     pub async fn explain_claim(&self, limit: usize, analyze: bool) -> StoreResult<String> {
         let prefix = match (self.dialect, analyze) {
             (Dialect::Postgres, true) => "EXPLAIN (ANALYZE, BUFFERS) ",
@@ -211,6 +212,7 @@ impl SeaOrmStore {
             lease_for: std::time::Duration::from_secs(1),
             now: Utc::now(),
         };
+        let txn = begin_write_with(&self.db, self.dialect, CLAIM_PLAN).await?;
         let mut queries = Vec::new();
         let mut sql = Sql::new(self.dialect, prefix);
         if self.dialect == Dialect::Postgres {
@@ -225,10 +227,17 @@ impl SeaOrmStore {
             self.push_key_heads_candidates(&mut sql, &request, request.limit);
             queries.push(sql);
         } else {
-            self.push_candidates(&mut sql, &request, None);
+            let bound = self.walk_bound(&txn, &request).await?;
+            self.push_candidates(&mut sql, &request, bound);
+            queries.push(sql);
+            let blocked = match self.dialect {
+                Dialect::MySql => self.blocked_keys(&txn, &request).await?,
+                _ => BTreeMap::new(),
+            };
+            let mut sql = Sql::new(self.dialect, prefix);
+            self.push_key_heads_beyond_walk(&mut sql, &request, &blocked);
             queries.push(sql);
         }
-        let txn = begin_write_with(&self.db, self.dialect, CLAIM_PLAN).await?;
         let mut out = String::new();
         for (i, sql) in queries.into_iter().enumerate() {
             if i > 0 {
@@ -647,12 +656,12 @@ impl SeaOrmStore {
     /// one short transaction.
     ///
     /// The pick walks at most [`WALK_PER_MESSAGE`] due rows per message of the batch
-    /// (up to [`walk_bound`](Self::walk_bound)), and walks every due row only when that
-    /// found nothing. Unbounded, a claim over fewer keys than its batch read the whole
-    /// backlog on every call, looking for heads that are not there. The fallback finds
-    /// what a long run of blocked rows hides (the messages queued behind a parked head,
-    /// or every key in flight); a key behind a run that still yields heads waits until
-    /// the rows before it are claimed, as due order says anyway.
+    /// (up to [`walk_bound`](Self::walk_bound)). Only when that found nothing does it
+    /// look beyond, key by key ([`pick_beyond_walk`](Self::pick_beyond_walk)): for what
+    /// a long run of blocked rows hides (the messages queued behind a parked head), or to
+    /// learn that every key is in flight. Walking on instead read the whole backlog, with
+    /// its probes, on every such claim. A key behind a run that still yields heads waits
+    /// until the rows before it are claimed, as due order says anyway.
     async fn claim_in_steps(
         &self,
         request: &ClaimRequest,
@@ -662,8 +671,8 @@ impl SeaOrmStore {
         let txn = self.begin().await?;
         let bound = self.walk_bound(&txn, request).await?;
         let mut seqs = self.pick(&txn, request, bound).await?;
-        if seqs.is_empty() && bound.is_some() {
-            seqs = self.pick(&txn, request, None).await?;
+        if bound.is_some() && seqs.is_empty() {
+            seqs = self.pick_beyond_walk(&txn, request).await?;
         }
         if dl == Dialect::MySql && !seqs.is_empty() {
             seqs = self.still_heads(&txn, seqs).await?;
@@ -707,14 +716,15 @@ impl SeaOrmStore {
         txn: &DatabaseTransaction,
         request: &ClaimRequest,
     ) -> StoreResult<Option<WalkBound>> {
+        let t = self.table();
         let dl = self.dialect;
         let cap = request.limit.saturating_mul(WALK_PER_MESSAGE);
         let mut sql = Sql::new(
             dl,
             format!(
-                "SELECT next_attempt_at, seq FROM {} WHERE status = 'pending' \
+                "SELECT next_attempt_at, seq FROM {t}{} WHERE status = 'pending' \
                  AND next_attempt_at <= ",
-                self.table()
+                dl.index_hint(&format!("{t}_due")),
             ),
         );
         sql.bind(dl.time(Some(request.now)))
@@ -742,6 +752,114 @@ impl SeaOrmStore {
         query_seqs(txn, sql).await
     }
 
+    /// The seqs of the heads a claim on MySQL/MariaDB or SQLite takes when its bounded
+    /// walk found nothing: the first unfinished message of each key, read key by
+    /// key, that is pending, due, with attempts left and no message of its key in
+    /// flight; earliest due first.
+    ///
+    /// - SQLite: a skip scan of `_key_unfinished`, one index descent per key with
+    ///   unfinished messages ([`sqlite_key_heads`]), as on PostgreSQL.
+    /// - MySQL/MariaDB: a correlated lookup is not an index range there, so a skip scan
+    ///   would read every pending entry per key (and recursion stops at 1,000 steps by
+    ///   default). Instead the claim first lists the keys known to be blocked
+    ///   ([`blocked_keys`](Self::blocked_keys)), then reads the first pending message of
+    ///   every other key from `_key_unfinished (status, service, partition_key, seq)`,
+    ///   through index ranges that leave the blocked keys out: with every key in flight
+    ///   it reads nothing.
+    async fn pick_beyond_walk(
+        &self,
+        txn: &DatabaseTransaction,
+        request: &ClaimRequest,
+    ) -> StoreResult<Vec<Value>> {
+        let blocked = match self.dialect {
+            Dialect::MySql => self.blocked_keys(txn, request).await?,
+            _ => BTreeMap::new(),
+        };
+        let mut sql = Sql::new(self.dialect, "");
+        self.push_key_heads_beyond_walk(&mut sql, request, &blocked);
+        query_seqs(txn, sql).await
+    }
+
+    /// The statement of [`pick_beyond_walk`](Self::pick_beyond_walk), given the keys it
+    /// leaves out (on MySQL/MariaDB; `blocked` is empty on SQLite).
+    fn push_key_heads_beyond_walk(
+        &self,
+        sql: &mut Sql,
+        request: &ClaimRequest,
+        blocked: &BTreeMap<String, Vec<String>>,
+    ) {
+        let t = self.table();
+        let dl = self.dialect;
+        if dl == Dialect::Sqlite {
+            // `CROSS JOIN`: the heads drive the join (SQLite would rather walk `m`).
+            sql.push(&format!(
+                "{} SELECT m.seq FROM k CROSS JOIN {t} m WHERE m.seq = k.seq",
+                sqlite_key_heads(t)
+            ));
+        } else {
+            sql.push(&format!(
+                "SELECT m.seq FROM (SELECT MIN(e.seq) AS seq FROM {t} e{} \
+                 WHERE e.status = 'pending'",
+                dl.index_hint(&format!("{t}_key_unfinished"))
+            ));
+            push_unblocked(sql, blocked);
+            sql.push(&format!(
+                " GROUP BY e.service, e.partition_key) k JOIN {t} m WHERE m.seq = k.seq"
+            ));
+        }
+        sql.push(" AND m.status = 'pending' AND m.next_attempt_at <= ")
+            .bind(dl.time(Some(request.now)))
+            .push(&format!(
+                " AND m.attempts < m.max_attempts AND {} ORDER BY m.next_attempt_at, m.seq LIMIT ",
+                head_of_key(t, dl)
+            ))
+            .bind(limit_value(request.limit))
+            .push(dl.skip_locked());
+    }
+
+    /// The keys (by service) whose pending messages a claim on MySQL/MariaDB cannot take
+    /// now, as far as it knows after its walk: every key with a message in flight (read
+    /// from the in-flight entries of `_key_unfinished`, a few per relay batch), and every
+    /// key of the walk's rows (the first [`WALK_PER_MESSAGE`] due rows per message of the
+    /// batch, in `_due` order) whose first pending message is not due or has no attempts
+    /// left: a parked head, whose followers fill the walk.
+    async fn blocked_keys(
+        &self,
+        txn: &DatabaseTransaction,
+        request: &ClaimRequest,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>> {
+        let t = self.table();
+        let dl = self.dialect;
+        let now = dl.time(Some(request.now));
+        let mut sql = Sql::new(
+            dl,
+            format!(
+                "SELECT DISTINCT f.service, f.partition_key FROM {t} f \
+                 WHERE f.status = 'in_flight' UNION SELECT DISTINCT w.service, w.partition_key \
+                 FROM (SELECT d.service, d.partition_key FROM {t} d WHERE d.status = 'pending' \
+                 AND d.next_attempt_at <= "
+            ),
+        );
+        sql.bind(now.clone())
+            .push(" ORDER BY d.next_attempt_at, d.seq LIMIT ")
+            .bind(limit_value(request.limit.saturating_mul(WALK_PER_MESSAGE)))
+            .push(&format!(
+                ") w WHERE NOT EXISTS (SELECT 1 FROM {t} h WHERE h.seq = (SELECT e.seq FROM {t} e \
+                 WHERE e.service = w.service AND e.partition_key = w.partition_key \
+                 AND e.status = 'pending' ORDER BY e.seq LIMIT 1) AND h.next_attempt_at <= "
+            ))
+            .bind(now)
+            .push(" AND h.attempts < h.max_attempts)");
+        let mut blocked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in txn.query_all_raw(sql.build()).await.map_err(db_error)? {
+            blocked
+                .entry(req(get(&r, "service"), "service")?)
+                .or_default()
+                .push(req(get(&r, "partition_key"), "partition_key")?);
+        }
+        Ok(blocked)
+    }
+
     /// `SELECT seq` of the messages a claim may take: pending, due, attempts left, and
     /// heads of their key (see [`head_of_key`]). Locked rows are skipped (another relay
     /// is claiming them). With `bound` (MySQL/MariaDB and SQLite; PostgreSQL bounds its
@@ -751,7 +869,8 @@ impl SeaOrmStore {
         let t = self.table();
         let dl = self.dialect;
         sql.push(&format!(
-            "SELECT m.seq FROM {t} m WHERE m.status = 'pending' AND m.next_attempt_at <= "
+            "SELECT m.seq FROM {t} m{} WHERE m.status = 'pending' AND m.next_attempt_at <= ",
+            dl.index_hint(&format!("{t}_due"))
         ))
         .bind(dl.time(Some(bound.map_or(request.now, |(at, _)| at))));
         if let Some((at, seq)) = bound {
@@ -1069,11 +1188,15 @@ async fn query_seqs<C: ConnectionTrait>(conn: &C, sql: Sql) -> StoreResult<Vec<V
 ///
 /// On MySQL and SQLite: two probes rather than one with an `OR`, each on
 /// `_key_unfinished` (on MySQL its `status` column comes before `seq`):
-/// - no earlier pending message: on SQLite a `NOT EXISTS`, an index range bounded by
-///   `m.seq`; on MySQL/MariaDB `m` is the first pending row of its key, a scalar
-///   subquery that reads one index entry. MariaDB turned `e.seq < m.seq` into a filter
-///   over every pending entry of the key, not a range: a claim read a key's whole
-///   backlog for each of its heads (20 000 entries for ten heads of 2 000 messages);
+/// - no earlier pending message: on SQLite no earlier unfinished one (the same, given the
+///   second probe), a `NOT EXISTS` that reads one entry of `_key_unfinished` below
+///   `m.seq`. It repeats the index's predicate and names the index: SQLite uses a
+///   partial index only for a query with its predicate, and otherwise read every
+///   earlier pending row through `_status`. On MySQL/MariaDB `m` is the first pending
+///   row of its key, a scalar subquery that reads one index entry. MariaDB turned
+///   `e.seq < m.seq` into a filter over every pending entry of the key, not a range: a
+///   claim read a key's whole backlog for each of its heads (20 000 entries for ten
+///   heads of 2 000 messages);
 /// - no row of the key in flight: `NOT EXISTS` over the few rows in flight.
 ///
 /// On PostgreSQL the plan must not depend on statistics, which are often missing (a
@@ -1105,8 +1228,9 @@ fn head_of_key(t: &str, dialect: Dialect) -> String {
         )
     } else {
         format!(
-            "NOT EXISTS (SELECT 1 FROM {t} e WHERE e.service = m.service \
-             AND e.partition_key = m.partition_key AND e.status = 'pending' AND e.seq < m.seq)"
+            "NOT EXISTS (SELECT 1 FROM {t} e INDEXED BY {t}_key_unfinished \
+             WHERE e.service = m.service AND e.partition_key = m.partition_key \
+             AND e.status IN ('pending', 'in_flight') AND e.seq < m.seq)"
         )
     };
     format!(
@@ -1130,6 +1254,52 @@ fn key_heads(t: &str) -> String {
          WHERE e.status IN ('pending', 'in_flight') \
          AND (e.service, e.partition_key) > (k.service, k.partition_key) \
          ORDER BY e.service, e.partition_key, e.seq LIMIT 1) h)"
+    )
+}
+
+/// Keys per `NOT IN` list of [`push_unblocked`]: MySQL and MariaDB turn a `NOT IN` list
+/// of fewer than 1,000 constants into index ranges, and ignore a longer one.
+const NOT_IN_CHUNK: usize = 500;
+
+/// ` AND (…)` over `e`: a key that is not in `blocked` (keys by service), as index
+/// ranges on MySQL/MariaDB's `_key_unfinished (status, service, partition_key, seq)`:
+/// per service with blocked keys, `e.service = ? AND e.partition_key NOT IN (…)`, and
+/// every other service. Nothing when `blocked` is empty.
+fn push_unblocked(sql: &mut Sql, blocked: &BTreeMap<String, Vec<String>>) {
+    if blocked.is_empty() {
+        return;
+    }
+    sql.push(" AND (");
+    for (service, keys) in blocked {
+        sql.push("(e.service = ")
+            .bind(Value::String(Some(service.clone())));
+        for chunk in keys.chunks(NOT_IN_CHUNK) {
+            sql.push(" AND e.partition_key NOT IN ")
+                .bind_list(chunk.iter().map(|k| Value::String(Some(k.clone()))));
+        }
+        sql.push(") OR ");
+    }
+    sql.push("e.service NOT IN ")
+        .bind_list(blocked.keys().map(|s| Value::String(Some(s.clone()))))
+        .push(")");
+}
+
+/// `WITH RECURSIVE k (seq, service, partition_key)`: the first unfinished message of
+/// every key, in key order, by a skip scan of `_key_unfinished` (SQLite): each step
+/// descends the index once, to the next key of the same service or else the first key of
+/// the next service. (A row-value comparison would be an index range on `service`
+/// only.) Costs one descent per key with unfinished messages.
+fn sqlite_key_heads(t: &str) -> String {
+    const UNFINISHED: &str = "e.status IN ('pending', 'in_flight')";
+    const ORDER: &str = "ORDER BY e.service, e.partition_key, e.seq LIMIT 1";
+    let e = format!("{t} e INDEXED BY {t}_key_unfinished");
+    format!(
+        "WITH RECURSIVE k (seq, service, partition_key) AS (SELECT * FROM (SELECT e.seq, \
+         e.service, e.partition_key FROM {e} WHERE {UNFINISHED} {ORDER}) \
+         UNION ALL SELECT x.seq, x.service, x.partition_key FROM k CROSS JOIN {t} x \
+         WHERE x.seq = COALESCE((SELECT e.seq FROM {e} WHERE {UNFINISHED} \
+         AND e.service = k.service AND e.partition_key > k.partition_key {ORDER}), \
+         (SELECT e.seq FROM {e} WHERE {UNFINISHED} AND e.service > k.service {ORDER})))"
     )
 }
 
@@ -1400,6 +1570,12 @@ impl MessageStore for SeaOrmStore {
         if let Some(status) = filter.status {
             sql.push(" AND status = ")
                 .bind(Value::String(Some(status.as_str().to_owned())));
+        } else if dl == Dialect::MySql && filter.partition_key.is_some() {
+            // Every status, so that a key's rows are index ranges of `_key_unfinished`,
+            // which leads with the status on MySQL.
+            sql.push(" AND status IN ").bind_list(
+                MessageStatus::ALL.map(|st| Value::String(Some(st.as_str().to_owned()))),
+            );
         }
         for (column, value) in [
             ("service", &filter.service),

@@ -75,7 +75,8 @@ async fn the_lease_index_is_upgraded_to_its_own_predicate(backend: Backend) {
     };
     assert!(upgraded(lease_index(&db, backend).await), "a fresh schema");
 
-    Migrator::down(&db, Some(1)).await.unwrap();
+    // Migrations 6 and 5.
+    Migrator::down(&db, Some(2)).await.unwrap();
     let before = lease_index(&db, backend).await;
     assert!(
         before.is_none() || !upgraded(before.clone()),
@@ -84,7 +85,7 @@ async fn the_lease_index_is_upgraded_to_its_own_predicate(backend: Backend) {
     Migrator::up(&db, None).await.unwrap();
     assert!(upgraded(lease_index(&db, backend).await), "migration 5");
 
-    Migrator::down(&db, Some(1)).await.unwrap();
+    Migrator::down(&db, Some(2)).await.unwrap();
     outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
         .await
         .unwrap();
@@ -101,3 +102,53 @@ on_every_backend!(
     up_status_down_fresh,
     the_lease_index_is_upgraded_to_its_own_predicate
 );
+
+/// The columns of `outbox_messages_key_unfinished` on MySQL/MariaDB, in index order.
+async fn key_unfinished_columns(db: &sea_orm::DatabaseConnection) -> String {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT GROUP_CONCAT(column_name ORDER BY seq_in_index) AS cols \
+             FROM information_schema.statistics WHERE table_schema = DATABASE() \
+             AND table_name = 'outbox_messages' \
+             AND index_name = 'outbox_messages_key_unfinished'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "cols").unwrap()
+}
+
+/// Migration 6 puts the status first in MySQL's per-key index; rolled back, it is the
+/// index of before, and `prepare_outbox_table` upgrades that too.
+#[tokio::test]
+async fn on_mysql_the_key_unfinished_index_is_upgraded_to_lead_with_the_status() {
+    const UPGRADED: &str = "status,service,partition_key,seq";
+    let db = fresh_db(Backend::MySql, "migrate_key_unfinished").await;
+    assert_eq!(
+        key_unfinished_columns(&db).await,
+        UPGRADED,
+        "a fresh schema"
+    );
+    Migrator::down(&db, Some(1)).await.unwrap();
+    assert_eq!(
+        key_unfinished_columns(&db).await,
+        "service,partition_key,status,seq",
+        "rolled back"
+    );
+    Migrator::up(&db, None).await.unwrap();
+    assert_eq!(key_unfinished_columns(&db).await, UPGRADED, "migration 6");
+
+    Migrator::down(&db, Some(1)).await.unwrap();
+    outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
+        .await
+        .unwrap();
+    assert_eq!(
+        key_unfinished_columns(&db).await,
+        UPGRADED,
+        "prepare_outbox_table"
+    );
+    outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
+        .await
+        .expect("idempotent");
+}

@@ -2,7 +2,8 @@
 //! it must still walk the `_due` index in order and stop after the batch, not read and
 //! sort the whole backlog (docs/benchmarks.md, scenario 5). And when every key is in
 //! flight already, it must not read the whole backlog to find nothing. On MariaDB, a
-//! claim over fewer keys than its batch must not read the whole backlog either.
+//! claim over fewer keys than its batch must not read the whole backlog either, nor one
+//! that finds every key blocked; on SQLite the heads beyond the walk are read key by key.
 
 use crate::{Backend, fresh_db_url, order_message, store_at};
 use chrono::Utc;
@@ -235,6 +236,88 @@ async fn on_mariadb_a_claim_over_few_keys_reads_a_bounded_share_of_the_backlog()
         read < 5_000,
         "the claim read {read} index entries and rows for {MESSAGES} pending messages"
     );
+
+    // Every key blocked: one head parked for an hour, the nine others in flight. The
+    // walk finds nothing; looking further, the claim leaves the blocked keys' rows out
+    // (it used to walk every due row with its probes: about 40,000 reads).
+    let parked = claimed.iter().find(|c| c.message.partition_key == "key-0");
+    db.execute_unprepared(&format!(
+        "UPDATE outbox_messages SET status = 'pending', lease_owner = NULL, \
+         lease_token = NULL, lease_expires_at = NULL, \
+         next_attempt_at = UTC_TIMESTAMP(6) + INTERVAL 1 HOUR WHERE seq = {}",
+        parked.unwrap().seq
+    ))
+    .await
+    .unwrap();
+    let before = handler_reads(&db).await;
+    let claimed = store
+        .claim(&ClaimRequest {
+            owner: "relay-b".into(),
+            now: Utc::now(),
+            ..request
+        })
+        .await
+        .unwrap();
+    let read = handler_reads(&db).await - before - overhead;
+    assert!(claimed.is_empty(), "every key is blocked: {claimed:?}");
+    assert!(
+        read < 2_000,
+        "a claim with every key blocked read {read} index entries and rows for \
+         {MESSAGES} pending messages"
+    );
+}
+
+/// On SQLite a claim reads by the claim indexes, which its planner, with no statistics,
+/// left for `_status` (every pending row, sorted): the walk goes down `_due` in order,
+/// the earlier-unfinished probe reads `_key_unfinished` (a partial index SQLite uses
+/// only for a query that repeats its predicate), and when the walk found nothing the
+/// heads key by key skip through `_key_unfinished`, as on PostgreSQL: each step one
+/// descent, never a scan of the table.
+#[tokio::test]
+async fn on_sqlite_a_claim_reads_by_the_claim_indexes() {
+    let url = fresh_db_url(Backend::SqliteFile, "plan_sqlite_keys").await;
+    let store = store_at(&url).await;
+    let messages = (0..2_000)
+        .map(|n| order_message(&format!("key-{}", n % 10), n))
+        .collect();
+    store.enqueue(messages).await.unwrap();
+    let plan = store.explain_claim(50, false).await.unwrap();
+    let (walk, by_key) = split(&plan);
+    let steps: &[(&str, &[&str])] = &[
+        (
+            walk,
+            &[
+                "SEARCH m USING INDEX outbox_messages_due (next_attempt_at<?)",
+                "SEARCH e USING INDEX outbox_messages_key_unfinished (service=? AND partition_key=? AND seq<?)",
+                "SEARCH f USING COVERING INDEX outbox_messages_key_in_flight",
+            ],
+        ),
+        (
+            by_key,
+            &[
+                "SEARCH e USING INDEX outbox_messages_key_unfinished (service=? AND partition_key>?)",
+                "SEARCH e USING INDEX outbox_messages_key_unfinished (service>?)",
+                "SEARCH x USING INTEGER PRIMARY KEY",
+                "SEARCH m USING INTEGER PRIMARY KEY",
+                "SEARCH e USING INDEX outbox_messages_key_unfinished (service=? AND partition_key=? AND seq<?)",
+            ],
+        ),
+    ];
+    for (plan, wanted) in steps {
+        for step in *wanted {
+            assert!(plan.contains(step), "no `{step}`:\n{plan}");
+        }
+    }
+    assert!(!walk.contains("TEMP B-TREE"), "the walk sorts:\n{walk}");
+    // The only index scan is the recursion's first key (`LIMIT 1` in index order).
+    for line in by_key.lines().filter(|l| l.contains("SCAN")) {
+        assert!(
+            line.ends_with("SCAN k")
+                || line.ends_with("SCAN (subquery-1)")
+                || line.ends_with("SCAN e USING INDEX outbox_messages_key_unfinished"),
+            "the heads key by key scan a table: {line}\n{by_key}"
+        );
+    }
 }
 
 /// The claim's in-flight probe had a runner-up plan: a scan of every entry of `_lease`

@@ -114,6 +114,7 @@ macro_rules! store_conformance_tests {
             per_key_order_under_head_failure,
             kill_unparks_a_key,
             a_blocked_run_does_not_hide_the_keys_behind_it,
+            a_due_head_behind_its_own_followers_is_claimed,
             no_double_claim_by_concurrent_relays,
             consumed_and_stats,
             list_filters_and_pages,

@@ -491,6 +491,33 @@ pub async fn a_blocked_run_does_not_hide_the_keys_behind_it<S: MessageStore + ?S
     );
 }
 
+/// A retried head whose key's later messages were enqueued while it waited comes after
+/// them in due order (they are due since their enqueue, it since its backoff): a claim
+/// whose walk sees only those followers must still find it, and must not take it before
+/// it is due.
+pub async fn a_due_head_behind_its_own_followers_is_claimed<S: MessageStore + ?Sized>(store: &S) {
+    let head = message("a", 0);
+    store.enqueue(vec![head.clone()]).await.expect("enqueue");
+    let c = claim(store, 1, at(0)).await;
+    store
+        .settle(vec![settle(&c[0], retry_at(60))], at(1))
+        .await
+        .expect("settle");
+    let followers: Vec<_> = (1..=20).map(|n| message("a", n)).collect();
+    store.enqueue(followers.clone()).await.expect("enqueue");
+
+    assert!(
+        claim(store, 1, at(30)).await.is_empty(),
+        "the head is parked until its retry"
+    );
+    let c = claim(store, 1, at(61)).await;
+    assert_eq!(
+        c.iter().map(|c| c.message.id).collect::<Vec<_>>(),
+        vec![head.id],
+        "the head, due after its followers"
+    );
+}
+
 /// Killing a parked head lets the rest of its key flow.
 pub async fn kill_unparks_a_key<S: MessageStore + ?Sized>(store: &S) {
     let head = message("k", 0);
