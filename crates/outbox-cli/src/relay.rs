@@ -89,7 +89,10 @@ pub(crate) async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         registry.clone(),
         StoreConfig::default().with_max_attempts(relay.backoff.max_attempts()),
     )?;
-    let publisher = publisher(&file.broker, &registry).await?;
+    let (publisher, longest_publish) = publisher(&file.broker, &registry).await?;
+    if let Some(warning) = publish_timeout_warning(relay.publish_timeout, longest_publish) {
+        warn!("{warning}");
+    }
 
     let shutdown = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -346,12 +349,30 @@ async fn poll_stats(
     }
 }
 
-/// The publisher the configuration names; creates or checks Kafka topics first.
+/// Why `publish_timeout` does not fit a publisher whose calls take up to `longest`, if
+/// it does not: the relay would give up on a slow batch as a whole, before the publisher
+/// reports each message's own outcome.
+fn publish_timeout_warning(publish_timeout: Duration, longest: Option<Duration>) -> Option<String> {
+    let longest = longest.filter(|longest| publish_timeout <= *longest)?;
+    Some(format!(
+        "relay.publish_timeout_ms ({} ms) is not above the longest publish call of the \
+         broker's publisher ({} ms): a batch still waiting for the broker then fails as a \
+         whole and is retried, every message of it, while the broker may yet take the \
+         first attempt (duplicates, and retries of messages that would have gone \
+         through); set publish_timeout_ms above {} ms",
+        publish_timeout.as_millis(),
+        longest.as_millis(),
+        longest.as_millis()
+    ))
+}
+
+/// The publisher the configuration names, with the longest one publish call of it takes;
+/// creates or checks Kafka topics first.
 #[cfg_attr(not(feature = "kafka"), allow(unused_variables))] // `registry`: Kafka topics
 async fn publisher(
     broker: &BrokerSection,
     registry: &RouteRegistry,
-) -> anyhow::Result<Arc<dyn Publisher>> {
+) -> anyhow::Result<(Arc<dyn Publisher>, Option<Duration>)> {
     match broker {
         #[cfg(feature = "kafka")]
         BrokerSection::Kafka { create_topics, .. } => {
@@ -366,9 +387,10 @@ async fn publisher(
             outbox_kafka::ensure_topics(&config, &specs, mode)
                 .await
                 .context("provision the Kafka topics")?;
-            Ok(Arc::new(
-                KafkaPublisher::new(config).context("configuration section `broker`")?,
-            ))
+            let publisher =
+                KafkaPublisher::new(config).context("configuration section `broker`")?;
+            let longest = publisher.max_publish_time();
+            Ok((Arc::new(publisher), Some(longest)))
         }
         #[cfg(feature = "pulsar")]
         BrokerSection::Pulsar {
@@ -391,9 +413,10 @@ async fn publisher(
                     prefix: prefix.clone(),
                 };
             }
-            Ok(Arc::new(
-                PulsarPublisher::new(config).context("configuration section `broker`")?,
-            ))
+            let publisher =
+                PulsarPublisher::new(config).context("configuration section `broker`")?;
+            let longest = publisher.max_publish_time();
+            Ok((Arc::new(publisher), Some(longest)))
         }
         #[allow(unreachable_patterns)] // when both features are on
         other => anyhow::bail!(
@@ -404,7 +427,29 @@ async fn publisher(
 
 #[cfg(test)]
 mod tests {
-    use super::gauges;
+    use super::{gauges, publish_timeout_warning};
+    use std::time::Duration;
+
+    #[test]
+    fn a_publish_timeout_within_the_publishers_longest_call_is_warned_about() {
+        let secs = Duration::from_secs;
+        let warning = publish_timeout_warning(secs(4), Some(Duration::from_millis(9_750)))
+            .expect("4 s is below 9.75 s");
+        assert!(
+            warning.contains("publish_timeout_ms (4000 ms)") && warning.contains("above 9750 ms"),
+            "{warning}"
+        );
+        assert!(publish_timeout_warning(secs(10), Some(secs(10))).is_some());
+        assert_eq!(
+            publish_timeout_warning(secs(10), Some(Duration::from_millis(9_750))),
+            None
+        );
+        assert_eq!(
+            publish_timeout_warning(secs(1), None),
+            None,
+            "no bound known"
+        );
+    }
     use outbox_runtime::{compensation_metrics, relay_metrics};
 
     /// Every metric the Grafana dashboard (docs/grafana) queries is one the code emits
