@@ -230,8 +230,10 @@ impl SeaOrmStore {
             let bound = self.walk_bound(&txn, &request).await?;
             self.push_candidates(&mut sql, &request, bound);
             queries.push(sql);
-            let blocked = match self.dialect {
-                Dialect::MySql => self.blocked_keys(&txn, &request).await?,
+            let blocked = match bound {
+                Some(bound) if self.dialect == Dialect::MySql => {
+                    self.blocked_keys(&txn, &request, bound).await?
+                }
                 _ => BTreeMap::new(),
             };
             let mut sql = Sql::new(self.dialect, prefix);
@@ -671,8 +673,10 @@ impl SeaOrmStore {
         let txn = self.begin().await?;
         let bound = self.walk_bound(&txn, request).await?;
         let mut seqs = self.pick(&txn, request, bound).await?;
-        if bound.is_some() && seqs.is_empty() {
-            seqs = self.pick_beyond_walk(&txn, request).await?;
+        if let Some(bound) = bound
+            && seqs.is_empty()
+        {
+            seqs = self.pick_beyond_walk(&txn, request, bound).await?;
         }
         if dl == Dialect::MySql && !seqs.is_empty() {
             seqs = self.still_heads(&txn, seqs).await?;
@@ -770,9 +774,10 @@ impl SeaOrmStore {
         &self,
         txn: &DatabaseTransaction,
         request: &ClaimRequest,
+        bound: WalkBound,
     ) -> StoreResult<Vec<Value>> {
         let blocked = match self.dialect {
-            Dialect::MySql => self.blocked_keys(txn, request).await?,
+            Dialect::MySql => self.blocked_keys(txn, request, bound).await?,
             _ => BTreeMap::new(),
         };
         let mut sql = Sql::new(self.dialect, "");
@@ -818,15 +823,24 @@ impl SeaOrmStore {
     }
 
     /// The keys (by service) whose pending messages a claim on MySQL/MariaDB cannot take
-    /// now, as far as it knows after its walk: every key with a message in flight (read
-    /// from the in-flight entries of `_key_unfinished`, a few per relay batch), and every
-    /// key of the walk's rows (the first [`WALK_PER_MESSAGE`] due rows per message of the
-    /// batch, in `_due` order) whose first pending message is not due or has no attempts
-    /// left: a parked head, whose followers fill the walk.
+    /// now, as far as it knows after its walk to `bound`:
+    ///
+    /// - every key with a message in flight (read from the in-flight entries of
+    ///   `_key_unfinished`, a few per relay batch);
+    /// - every key of the walk's rows (the first [`WALK_PER_MESSAGE`] due rows per
+    ///   message of the batch, in `_due` order) whose first pending message is not a
+    ///   claimable head beyond the walk: not due or out of attempts (a parked head, whose
+    ///   followers fill the walk), or within the walk itself, where the claim found it
+    ///   locked (another relay is claiming it; its followers fill this claim's walk).
+    ///
+    /// A key of the walk whose head is due but sorts after the bound (a retried head,
+    /// due after the messages enqueued while it waited) is not blocked: its head is what
+    /// the claim looks for.
     async fn blocked_keys(
         &self,
         txn: &DatabaseTransaction,
         request: &ClaimRequest,
+        (at, seq): WalkBound,
     ) -> StoreResult<BTreeMap<String, Vec<String>>> {
         let t = self.table();
         let dl = self.dialect;
@@ -849,7 +863,13 @@ impl SeaOrmStore {
                  AND e.status = 'pending' ORDER BY e.seq LIMIT 1) AND h.next_attempt_at <= "
             ))
             .bind(now)
-            .push(" AND h.attempts < h.max_attempts)");
+            .push(" AND h.attempts < h.max_attempts AND (h.next_attempt_at > ")
+            .bind(dl.time(Some(at)))
+            .push(" OR h.next_attempt_at = ")
+            .bind(dl.time(Some(at)))
+            .push(" AND h.seq > ")
+            .bind(Value::BigInt(Some(seq)))
+            .push("))");
         let mut blocked: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in txn.query_all_raw(sql.build()).await.map_err(db_error)? {
             blocked

@@ -9,7 +9,7 @@ use crate::{Backend, fresh_db_url, order_message, store_at};
 use chrono::Utc;
 use outbox_ports::{ClaimRequest, MessageStore};
 use outbox_sea_orm::KEY_HEADS_PLAN;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use std::time::Duration;
 
 /// Pending rows in the backlog, over 1 000 keys: far more than a claim of [`LIMIT`]
@@ -196,16 +196,23 @@ async fn handler_reads(db: &sea_orm::DatabaseConnection) -> u64 {
     .sum()
 }
 
-/// Ten keys and 20 000 pending messages: a claim of 50 takes the ten heads. Unbounded,
-/// its walk read every due row (each with its probes) looking for more heads; bounded,
-/// it reads two rows per message of the batch. One connection, so that the session's
-/// read counters are the claim's.
-#[tokio::test]
-async fn on_mariadb_a_claim_over_few_keys_reads_a_bounded_share_of_the_backlog() {
-    const MESSAGES: usize = 20_000;
-    const FEW_KEYS: usize = 10;
-    let url = fresh_db_url(Backend::MySql, "plan_few_keys").await;
-    let mut options = sea_orm::ConnectOptions::new(url);
+/// Pending messages of [`few_keys_on_mariadb`].
+const MESSAGES: usize = 20_000;
+/// The keys they are spread over.
+const FEW_KEYS: usize = 10;
+
+/// A MariaDB database with [`MESSAGES`] pending messages over [`FEW_KEYS`] keys, and a
+/// store over one connection (that connection too), so that the session's read
+/// counters are the claim's.
+async fn few_keys_on_mariadb(
+    case: &str,
+) -> (
+    String,
+    sea_orm::DatabaseConnection,
+    outbox_sea_orm::SeaOrmStore,
+) {
+    let url = fresh_db_url(Backend::MySql, case).await;
+    let mut options = sea_orm::ConnectOptions::new(url.clone());
     options.max_connections(1).min_connections(1);
     let db = sea_orm::Database::connect(options).await.unwrap();
     let store = outbox_sea_orm::SeaOrmStore::new(db.clone(), Default::default()).unwrap();
@@ -218,6 +225,15 @@ async fn on_mariadb_a_claim_over_few_keys_reads_a_bounded_share_of_the_backlog()
             .collect();
         store.enqueue(messages).await.unwrap();
     }
+    (url, db, store)
+}
+
+/// Ten keys and 20 000 pending messages: a claim of 50 takes the ten heads. Unbounded,
+/// its walk read every due row (each with its probes) looking for more heads; bounded,
+/// it reads two rows per message of the batch.
+#[tokio::test]
+async fn on_mariadb_a_claim_over_few_keys_reads_a_bounded_share_of_the_backlog() {
+    let (_, db, store) = few_keys_on_mariadb("plan_few_keys").await;
     let request = ClaimRequest {
         owner: "relay-a".into(),
         limit: 50,
@@ -263,6 +279,56 @@ async fn on_mariadb_a_claim_over_few_keys_reads_a_bounded_share_of_the_backlog()
     assert!(
         read < 2_000,
         "a claim with every key blocked read {read} index entries and rows for \
+         {MESSAGES} pending messages"
+    );
+}
+
+/// Another relay is claiming the head of every key (its transaction holds their row
+/// locks). A claim skips them (`SKIP LOCKED`) and its walk finds only their followers;
+/// looking further, it leaves out the keys whose heads it walked past, rather than read
+/// their whole backlogs (40 616 reads when it left out only parked keys).
+#[tokio::test]
+async fn on_mariadb_a_claim_racing_another_for_every_key_reads_a_bounded_share() {
+    let (url, db, store) = few_keys_on_mariadb("plan_racing").await;
+    let other = sea_orm::Database::connect(url).await.unwrap();
+    let heads: Vec<String> = other
+        .query_all_raw(sea_orm::Statement::from_string(
+            other.get_database_backend(),
+            "SELECT MIN(seq) AS seq FROM outbox_messages GROUP BY partition_key",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<i64>("", "seq").unwrap().to_string())
+        .collect();
+    assert_eq!(heads.len(), FEW_KEYS);
+    let claiming = other.begin().await.unwrap();
+    claiming
+        .execute_unprepared(&format!(
+            "SELECT seq FROM outbox_messages WHERE seq IN ({}) FOR UPDATE",
+            heads.join(", ")
+        ))
+        .await
+        .unwrap();
+
+    let before = handler_reads(&db).await;
+    let overhead = handler_reads(&db).await - before;
+    let before = handler_reads(&db).await;
+    let claimed = store
+        .claim(&ClaimRequest {
+            owner: "relay-b".into(),
+            limit: 50,
+            lease_for: Duration::from_secs(300),
+            now: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let read = handler_reads(&db).await - before - overhead;
+    claiming.rollback().await.unwrap();
+    assert!(claimed.is_empty(), "every head is locked: {claimed:?}");
+    assert!(
+        read < 2_000,
+        "a claim racing another for every key read {read} index entries and rows for \
          {MESSAGES} pending messages"
     );
 }
