@@ -808,8 +808,10 @@ impl SeaOrmStore {
                 dl.index_hint(&format!("{t}_key_unfinished"))
             ));
             push_unblocked(sql, blocked);
+            // `STRAIGHT_JOIN`: the heads drive the join, not a walk of every pending `m`
+            // (which MariaDB chose when it expected many heads).
             sql.push(&format!(
-                " GROUP BY e.service, e.partition_key) k JOIN {t} m WHERE m.seq = k.seq"
+                " GROUP BY e.service, e.partition_key) k STRAIGHT_JOIN {t} m WHERE m.seq = k.seq"
             ));
         }
         sql.push(" AND m.status = 'pending' AND m.next_attempt_at <= ")

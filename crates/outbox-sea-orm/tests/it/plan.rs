@@ -333,6 +333,32 @@ async fn on_mariadb_a_claim_racing_another_for_every_key_reads_a_bounded_share()
     );
 }
 
+/// On MariaDB the heads beyond the walk drive their join: the first pending message
+/// of each key that is not blocked, then that row by its primary key. MariaDB preferred
+/// to walk every pending row through `_due` and look each up among the heads when it
+/// expected many of them (the claim benchmark's plan, 2 000 keys).
+#[tokio::test]
+async fn on_mariadb_the_heads_beyond_the_walk_drive_their_join() {
+    let url = fresh_db_url(Backend::MySql, "plan_join_order").await;
+    let store = store_at(&url).await;
+    for chunk in 0..10 {
+        let messages = (0..2_000)
+            .map(|i| {
+                let n = chunk * 2_000 + i;
+                order_message(&format!("key-{}", n % 2_000), n)
+            })
+            .collect();
+        store.enqueue(messages).await.unwrap();
+    }
+    let plan = store.explain_claim(100, false).await.unwrap();
+    let (_, by_key) = split(&plan);
+    let first = by_key.lines().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        first.contains("<derived"),
+        "the heads key by key start from {first}:\n{by_key}"
+    );
+}
+
 /// On SQLite a claim reads by the claim indexes, which its planner, with no statistics,
 /// left for `_status` (every pending row, sorted): the walk goes down `_due` in order,
 /// the earlier-unfinished probe reads `_key_unfinished` (a partial index SQLite uses
