@@ -53,9 +53,10 @@ impl MigratorTrait for Migrator {
 }
 
 /// Creates the outbox table `table` if it is missing and brings it up to date (the log
-/// position, [`add_log_position`]; the claim indexes, [`schema::upgrade_indexes`]): what `outbox migrate up --routes` and
-/// `SeaOrmStore::create_tables` run for each per-service table. Idempotent. `table` must
-/// be a validated identifier; it is spliced into SQL as is.
+/// position, [`add_log_position`]; the claim indexes, [`schema::upgrade_indexes`]):
+/// what `outbox migrate up --routes` and `SeaOrmStore::create_tables` run for each
+/// per-service table. Idempotent. `table` must be a validated identifier; it is spliced
+/// into SQL as is.
 pub async fn prepare_outbox_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<(), DbErr> {
     schema::upgrade_indexes(db, table).await?;
     for statement in schema::outbox_table(db.get_database_backend(), table) {

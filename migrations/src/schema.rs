@@ -225,8 +225,8 @@ pub const LEASE_PREDICATE: &str = "lease_expires_at IS NOT NULL";
 ///
 /// With `status` first, the pending rows of a key are one range, and so are the pending
 /// rows of all the keys but a few: a claim that finds its walk blocked reads the keys
-/// that are not in flight as `status = 'pending' AND partition_key NOT IN (…)`, index
-/// ranges that skip the blocked keys' rows (MySQL and MariaDB turn a `NOT IN` list of
+/// it does not know to be blocked as `status = 'pending' AND partition_key NOT IN (…)`,
+/// index ranges that skip the blocked keys' rows (MySQL and MariaDB turn a `NOT IN` list of
 /// constants into ranges). With the key first, each key's finished rows lay between its
 /// pending ones and the next key's. The per-key probes (`status`, `service` and
 /// `partition_key` all equal) read the same entries in either order.
@@ -260,7 +260,7 @@ pub async fn upgrade_key_unfinished_index<C: sea_orm_migration::sea_orm::Connect
         .query_one_raw(Statement::from_string(
             backend,
             format!(
-                "SELECT column_name AS first FROM information_schema.statistics \
+                "SELECT column_name AS first_column FROM information_schema.statistics \
                  WHERE table_schema = DATABASE() AND table_name = '{table}' \
                  AND index_name = '{table}_key_unfinished' AND seq_in_index = 1"
             ),
@@ -269,7 +269,7 @@ pub async fn upgrade_key_unfinished_index<C: sea_orm_migration::sea_orm::Connect
     let Some(first) = first else {
         return Ok(());
     };
-    let first: String = first.try_get("", "first")?;
+    let first: String = first.try_get("", "first_column")?;
     if first.eq_ignore_ascii_case("status") {
         return Ok(());
     }

@@ -852,8 +852,9 @@ impl SeaOrmStore {
             format!(
                 "SELECT DISTINCT f.service, f.partition_key FROM {t} f \
                  WHERE f.status = 'in_flight' UNION SELECT DISTINCT w.service, w.partition_key \
-                 FROM (SELECT d.service, d.partition_key FROM {t} d WHERE d.status = 'pending' \
-                 AND d.next_attempt_at <= "
+                 FROM (SELECT d.service, d.partition_key FROM {t} d{} \
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= ",
+                dl.index_hint(&format!("{t}_due"))
             ),
         );
         sql.bind(now.clone())
