@@ -643,10 +643,16 @@ impl Scenario {
     fn runs(self, ctx: &BenchContext<'_>) -> Result<Vec<BenchRun>> {
         let quick = ctx.quick.then(|| "--quick".to_owned());
         match self {
+            // Each server, then SQLite files under `target/bench/claim-sqlite`.
             Self::Claim => Kind::DATABASES
                 .into_iter()
-                .map(|kind| {
-                    let url = ctx.server(kind)?;
+                .map(|kind| Ok((kind.title().to_owned(), ctx.server(kind)?)))
+                .chain(std::iter::once(Ok((
+                    "SQLite".to_owned(),
+                    format!("sqlite:{}", ctx.out.join("claim-sqlite").display()),
+                ))))
+                .map(|run: Result<(String, String)>| {
+                    let (title, url) = run?;
                     let mut args = vec!["--database-url".to_owned(), url];
                     if ctx.quick {
                         // A twentieth of the history. ARGS come after, so
@@ -655,7 +661,7 @@ impl Scenario {
                     }
                     args.extend(ctx.extra.iter().cloned());
                     Ok(BenchRun {
-                        title: format!("claim benchmark on {}", kind.title()),
+                        title: format!("claim benchmark on {title}"),
                         args,
                     })
                 })

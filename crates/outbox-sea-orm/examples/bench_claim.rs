@@ -1,7 +1,7 @@
 //! Claim latency with a large retained history versus an empty table.
 //!
 //! Run through `cargo xtask bench`, which starts PostgreSQL and MariaDB and runs this
-//! once per server. By hand:
+//! once per server, and once on SQLite files. By hand:
 //!
 //! ```text
 //! cargo run -p outbox-sea-orm --example bench_claim -- \
@@ -10,9 +10,10 @@
 //!
 //! Method (docs/storage.md has the numbers):
 //!
-//! 1. Two fresh databases on the same server, created through the admin URL: A keeps
-//!    no history, B gets `--finished` published rows, loaded by one server-side
-//!    `INSERT … SELECT` per 100 000 rows. Both are vacuumed/analyzed.
+//! 1. Two fresh databases on the same server, created through the admin URL (SQLite:
+//!    two files in the directory of `sqlite:DIR`): A keeps no history, B gets
+//!    `--finished` published rows, loaded by one `INSERT … SELECT` per 100 000 rows.
+//!    Both are vacuumed/analyzed.
 //! 2. Both get the same live backlog, written with the real `enqueue`: `--pending`
 //!    messages over `--keys` partition keys (a seeded random key per message). The
 //!    history uses `--history-keys` keys, which include the live ones, so the per-key
@@ -48,8 +49,9 @@ USAGE:
     bench_claim --database-url URL [OPTIONS]
 
 OPTIONS:
-    --database-url URL   admin URL of a PostgreSQL or MySQL/MariaDB server (also
-                         BENCH_DATABASE_URL); two databases are created and dropped
+    --database-url URL   admin URL of a PostgreSQL or MySQL/MariaDB server, or
+                         sqlite:DIR (also BENCH_DATABASE_URL); two databases (files
+                         in DIR) are created and dropped
     --finished N         published rows retained in B        [default: 1000000]
     --pending N          live messages enqueued in A and B   [default: 20000]
     --keys N             partition keys of the live messages [default: 2000]
@@ -174,6 +176,12 @@ struct Databases {
 
 impl Databases {
     async fn create(&mut self, name: String) -> Result<String, BoxError> {
+        if self.backend == DbBackend::Sqlite {
+            let path = format!("{}/{name}.db", self.base_url);
+            self.names.push(path.clone());
+            self.drop_all().await;
+            return Ok(format!("sqlite://{path}?mode=rwc"));
+        }
         self.admin
             .execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await?;
@@ -183,6 +191,12 @@ impl Databases {
 
     async fn drop_all(&self) {
         for name in &self.names {
+            if self.backend == DbBackend::Sqlite {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{name}{suffix}"));
+                }
+                continue;
+            }
             let sql = match self.backend {
                 DbBackend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
                 _ => format!("DROP DATABASE IF EXISTS {name}"),
@@ -195,13 +209,24 @@ impl Databases {
 }
 
 async fn run(args: &Args) -> Result<bool, BoxError> {
-    let admin = outbox_sea_orm::connect(&args.database_url).await?;
+    let (admin, base_url) = match args.database_url.strip_prefix("sqlite:") {
+        // The directory of the two files; the admin connection only reports the version.
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            (
+                outbox_sea_orm::connect("sqlite::memory:").await?,
+                dir.to_owned(),
+            )
+        }
+        None => (
+            outbox_sea_orm::connect(&args.database_url).await?,
+            args.database_url
+                .rsplit_once('/')
+                .map(|(base, _)| base.to_owned())
+                .ok_or("the database URL has no path")?,
+        ),
+    };
     let backend = admin.get_database_backend();
-    let base_url = args
-        .database_url
-        .rsplit_once('/')
-        .map(|(base, _)| base.to_owned())
-        .ok_or("the database URL has no path")?;
     let mut dbs = Databases {
         admin,
         backend,
@@ -437,6 +462,7 @@ fn ms(d: Duration) -> String {
 async fn server_version(db: &DatabaseConnection) -> Result<String, BoxError> {
     let sql = match db.get_database_backend() {
         DbBackend::Postgres => "SELECT version() AS v",
+        DbBackend::Sqlite => "SELECT 'SQLite ' || sqlite_version() AS v",
         _ => "SELECT VERSION() AS v",
     };
     let row = db
@@ -471,6 +497,19 @@ async fn load_history(store: &SeaOrmStore, n: u64, keys: u64) -> Result<(), BoxE
                  FROM (SELECT g, now() - interval '1 day' + g * interval '1 millisecond' AS t \
                  FROM generate_series({start}, {end}) AS g) s"
             ),
+            // Ids in UUID form (history rows are never decoded), times in the store's
+            // text form with microseconds.
+            DbBackend::Sqlite => format!(
+                "WITH RECURSIVE g (n) AS (SELECT {start} UNION ALL SELECT n + 1 FROM g \
+                 WHERE n < {end}) INSERT INTO {table} ({columns}) \
+                 SELECT printf('00000000-0000-4000-8000-%012d', n), 'bench', 'order.created', \
+                 'orders.events', 'key-' || (n % {keys}), 'application/json', \
+                 json_object('order', n, 'amount', n % 1000), '{{}}', 1, \
+                 t, t, 'published', 1, 10, t, t \
+                 FROM (SELECT n, strftime('%Y-%m-%dT%H:%M:%S', 'now', '-1 day', \
+                 '+' || (n / 1000) || ' seconds') || printf('.%06dZ', (n % 1000) * 1000) AS t \
+                 FROM g)"
+            ),
             // MariaDB's Sequence engine: `seq_1_to_N` is a table of the numbers 1..N.
             _ => format!(
                 "INSERT INTO {table} ({columns}) \
@@ -499,6 +538,9 @@ async fn analyze(store: &SeaOrmStore, vacuum: bool) -> Result<(), BoxError> {
                 .await?;
         }
         DbBackend::Postgres => {
+            db.execute_unprepared(&format!("ANALYZE {table}")).await?;
+        }
+        DbBackend::Sqlite => {
             db.execute_unprepared(&format!("ANALYZE {table}")).await?;
         }
         backend => {
