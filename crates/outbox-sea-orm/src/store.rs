@@ -1322,7 +1322,10 @@ fn push_unblocked(sql: &mut Sql, blocked: &BTreeMap<String, Vec<String>>) {
 fn sqlite_key_heads(t: &str) -> String {
     const UNFINISHED: &str = "e.status IN ('pending', 'in_flight')";
     const ORDER: &str = "ORDER BY e.service, e.partition_key, e.seq LIMIT 1";
-    let e = format!("{t} e INDEXED BY {t}_key_unfinished");
+    let e = format!(
+        "{t} e{}",
+        Dialect::Sqlite.index_hint(&format!("{t}_key_unfinished"))
+    );
     format!(
         "WITH RECURSIVE k (seq, service, partition_key) AS (SELECT * FROM (SELECT e.seq, \
          e.service, e.partition_key FROM {e} WHERE {UNFINISHED} {ORDER}) \
@@ -1345,9 +1348,10 @@ fn sqlite_key_heads(t: &str) -> String {
 fn earlier_unfinished_absent(t: &str, dialect: Dialect) -> String {
     if dialect == Dialect::Sqlite {
         return format!(
-            "NOT EXISTS (SELECT 1 FROM {t} e INDEXED BY {t}_key_unfinished \
+            "NOT EXISTS (SELECT 1 FROM {t} e{} \
              WHERE e.service = m.service AND e.partition_key = m.partition_key \
-             AND e.status IN ('pending', 'in_flight') AND e.seq < m.seq)"
+             AND e.status IN ('pending', 'in_flight') AND e.seq < m.seq)",
+            dialect.index_hint(&format!("{t}_key_unfinished"))
         );
     }
     ["pending", "in_flight"]
@@ -1614,7 +1618,8 @@ impl MessageStore for SeaOrmStore {
                 .bind(Value::String(Some(status.as_str().to_owned())));
         } else if dl == Dialect::MySql && filter.partition_key.is_some() {
             // Every status, so that a key's rows are index ranges of `_key_unfinished`,
-            // which leads with the status on MySQL.
+            // which leads with the status on MySQL. Without it MariaDB walked the primary
+            // key: 200 000 rows read to list a key's 10 among 200 000, 10 with it.
             sql.push(" AND status IN ").bind_list(
                 MessageStatus::ALL.map(|st| Value::String(Some(st.as_str().to_owned()))),
             );
