@@ -1,7 +1,7 @@
 //! [`SeaOrmStore`]: the [`MessageStore`] on PostgreSQL, MySQL/MariaDB and SQLite.
 
 use crate::dialect::{Dialect, Sql, begin_write, begin_write_with, get, req};
-use crate::error::db_error;
+use crate::error::{Attempt, attempt_error, db_error};
 use crate::row::{self, ALL_COLUMNS, DELIVERY_COLUMNS, INSERT_COLUMNS};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -40,6 +40,10 @@ use uuid::Uuid;
 /// window). A wait for the disk in every claim is latency on every message.
 const CLAIM_PLAN: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
     SET LOCAL enable_sort = off; SET LOCAL jit = off; SET LOCAL synchronous_commit = off";
+
+/// How many times a claim the database rolled back to break a deadlock runs again
+/// before its error goes to the caller (as `StoreError::Unavailable`).
+const CLAIM_RERUNS: u32 = 3;
 
 /// Due rows a claim walks in order, per message of its batch, before it looks for heads
 /// key by key: on PostgreSQL when the walk is cut short (see
@@ -557,7 +561,7 @@ impl SeaOrmStore {
         &self,
         request: &ClaimRequest,
         lease: &Lease,
-    ) -> StoreResult<Vec<QueryResult>> {
+    ) -> Result<Vec<QueryResult>, Attempt> {
         let t = self.table();
         let dl = self.dialect;
         let mut sql = Sql::new(dl, "");
@@ -572,7 +576,10 @@ impl SeaOrmStore {
              FROM (SELECT 1) one LEFT JOIN claimed ON true",
         );
         let txn = begin_write_with(&self.db, dl, CLAIM_PLAN).await?;
-        let rows = txn.query_all_raw(sql.build()).await.map_err(db_error)?;
+        let rows = txn
+            .query_all_raw(sql.build())
+            .await
+            .map_err(attempt_error)?;
         let cut = match rows.first() {
             Some(r) => get::<bool>(r, "walk_cut")?.unwrap_or(false),
             None => false,
@@ -588,9 +595,13 @@ impl SeaOrmStore {
             self.push_key_heads_candidates(&mut sql, request, request.limit - claimed.len());
             sql.push(") ");
             self.push_stamp(&mut sql, lease);
-            claimed.extend(txn.query_all_raw(sql.build()).await.map_err(db_error)?);
+            claimed.extend(
+                txn.query_all_raw(sql.build())
+                    .await
+                    .map_err(attempt_error)?,
+            );
         }
-        txn.commit().await.map_err(db_error)?;
+        txn.commit().await.map_err(attempt_error)?;
         Ok(claimed)
     }
 
@@ -668,7 +679,7 @@ impl SeaOrmStore {
         &self,
         request: &ClaimRequest,
         lease: &Lease,
-    ) -> StoreResult<Vec<QueryResult>> {
+    ) -> Result<Vec<QueryResult>, Attempt> {
         let dl = self.dialect;
         let txn = self.begin().await?;
         let bound = self.walk_bound(&txn, request).await?;
@@ -682,7 +693,7 @@ impl SeaOrmStore {
             seqs = self.still_heads(&txn, seqs).await?;
         }
         if seqs.is_empty() {
-            txn.commit().await.map_err(db_error)?;
+            txn.commit().await.map_err(attempt_error)?;
             return Ok(Vec::new());
         }
         let mut stamp = Sql::new(
@@ -700,14 +711,19 @@ impl SeaOrmStore {
             .bind(dl.time(Some(lease.expires_at)))
             .push(" WHERE seq IN ")
             .bind_list(seqs.clone());
-        txn.execute_raw(stamp.build()).await.map_err(db_error)?;
+        txn.execute_raw(stamp.build())
+            .await
+            .map_err(attempt_error)?;
         let mut read = Sql::new(
             dl,
             format!("SELECT {ALL_COLUMNS} FROM {} WHERE seq IN ", self.table()),
         );
         read.bind_list(seqs);
-        let rows = txn.query_all_raw(read.build()).await.map_err(db_error)?;
-        txn.commit().await.map_err(db_error)?;
+        let rows = txn
+            .query_all_raw(read.build())
+            .await
+            .map_err(attempt_error)?;
+        txn.commit().await.map_err(attempt_error)?;
         Ok(rows)
     }
 
@@ -1427,9 +1443,24 @@ impl MessageStore for SeaOrmStore {
             token: LeaseToken::from_uuid(Uuid::new_v4()),
             expires_at: request.lease_expires_at(),
         };
-        let rows = match self.dialect {
-            Dialect::Postgres => self.claim_postgres(request, &lease).await?,
-            _ => self.claim_in_steps(request, &lease).await?,
+        // InnoDB takes locks on the `_due` entries a claim walks past, and a concurrent
+        // claim's `UPDATE` of those rows waits for them: two claims can deadlock, and
+        // one is rolled back. Nothing of it took effect, so it runs again at once,
+        // rather than failing the relay's step (which then pauses).
+        let mut rolled_back = 0;
+        let rows = loop {
+            let attempt = match self.dialect {
+                Dialect::Postgres => self.claim_postgres(request, &lease).await,
+                _ => self.claim_in_steps(request, &lease).await,
+            };
+            match attempt {
+                Ok(rows) => break rows,
+                Err(Attempt::RolledBack(e)) if rolled_back < CLAIM_RERUNS => {
+                    rolled_back += 1;
+                    tracing::debug!(error = %e, rolled_back, "claim rolled back; running it again");
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         let mut claimed = rows
             .iter()
