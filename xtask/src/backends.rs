@@ -58,9 +58,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::note;
 use crate::system::{apt_install, find_program, is_root};
-use crate::tools::{
-    PULSAR_LITE_VERSION, PulsarLite, TANSU_VERSION, ensure_pulsar_lite, ensure_tansu,
-};
+use crate::tools::{PULSAR_LITE_VERSION, PulsarLite, TansuBuild, ensure_pulsar_lite, ensure_tansu};
 
 /// The admin URL of the PostgreSQL server, read by the tests.
 pub(crate) const POSTGRES_URL_VAR: &str = "OUTBOX_TEST_POSTGRES_URL";
@@ -229,6 +227,16 @@ pub(crate) enum Profile {
     Bench,
 }
 
+impl Profile {
+    /// The tansu build the profile's broker runs.
+    fn tansu_build(self) -> TansuBuild {
+        match self {
+            Self::Test => TansuBuild::Debug,
+            Self::Bench => TansuBuild::Release,
+        }
+    }
+}
+
 /// The PostgreSQL settings of `cargo xtask bench`, beyond initdb's defaults: durable
 /// commits (fsync, synchronous commit and full-page writes on, as in production), a
 /// buffer cache large enough for every benchmark table, and checkpoints spaced so that
@@ -374,7 +382,7 @@ impl Backends {
     }
 
     fn start(&mut self, kinds: &[Kind]) -> Result<()> {
-        let tools = Tools::ensure_installed(kinds, &self.workspace_root)?;
+        let tools = Tools::ensure_installed(kinds, &self.workspace_root, self.profile)?;
         let titles: Vec<&str> = kinds.iter().map(|kind| kind.title()).collect();
         note(&format!(
             "starting {} in {}",
@@ -438,7 +446,7 @@ impl Backends {
         // Where `ensure_tansu` caches the binary; not built here, since the
         // shared broker runs elsewhere.
         let cached = crate::tools::tools_root(workspace_root)
-            .join(format!("tansu-{TANSU_VERSION}"))
+            .join(TansuBuild::Debug.dir_name())
             .join("bin")
             .join("tansu");
         tools.tansu = cached.is_file().then_some(cached);
@@ -663,7 +671,7 @@ impl Backends {
         self.ready(
             Kind::Kafka,
             &address.to_string(),
-            &format!("tansu {TANSU_VERSION}"),
+            &self.profile.tansu_build().title(),
             port,
             started,
         )
@@ -1223,7 +1231,7 @@ impl Tools {
     /// installed with apt-get first when they are missing and we are root;
     /// tansu is built, and pulsar-lite installed, into the tools cache when
     /// they are not there yet.
-    fn ensure_installed(kinds: &[Kind], workspace_root: &Path) -> Result<Self> {
+    fn ensure_installed(kinds: &[Kind], workspace_root: &Path, profile: Profile) -> Result<Self> {
         let mut tools = Self::find();
         let missing = tools.missing_packages(kinds);
         if !missing.is_empty() {
@@ -1239,7 +1247,7 @@ impl Tools {
             }
         }
         if kinds.contains(&Kind::Kafka) {
-            tools.tansu = Some(ensure_tansu(workspace_root)?);
+            tools.tansu = Some(ensure_tansu(workspace_root, profile.tansu_build())?);
         }
         if kinds.contains(&Kind::Pulsar) {
             tools.pulsar = Some(ensure_pulsar_lite(workspace_root)?);

@@ -21,7 +21,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, Result, bail};
 
 use crate::backends::{Backends, Kind};
-use crate::tools::TANSU_VERSION;
+use crate::tools::TansuBuild;
 
 const USAGE: &str = "\
 cargo xtask: chores for the outbox-rs workspace
@@ -668,7 +668,7 @@ impl Scenario {
                 .collect(),
             Self::Latency => {
                 let broker = if ctx.started(Kind::Kafka) {
-                    format!("tansu {TANSU_VERSION}")
+                    TansuBuild::Release.title()
                 } else {
                     "the Kafka broker at OUTBOX_TEST_KAFKA_BOOTSTRAP".to_owned()
                 };

@@ -42,34 +42,70 @@ const PIP_ENV_VARS: &[&str] = &["PIP_USER", "PIP_REQUIRE_VIRTUALENV"];
 
 /// `cargo install` features for tansu: only the in-memory storage engine
 /// (`memory://`, part of `dynostore`), which keeps out PostgreSQL, SQLite,
-/// S3 and data-lake dependencies; a debug build, which compiles in about
-/// half the time of a release one and is fast enough for the tests.
+/// S3 and data-lake dependencies.
 const TANSU_INSTALL_ARGS: &[&str] = &[
     "--locked",
     "--no-default-features",
     "--features",
     "dynostore",
-    "--debug",
 ];
+
+/// How tansu is compiled; each build has its own directory in the tools cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TansuBuild {
+    /// For the tests: compiles in about half the time of a release build, and
+    /// is fast enough for them.
+    Debug,
+    /// For `cargo xtask bench`: the broker shares the machine's two cores with
+    /// the relay and the database, and the debug build spends about 1 ms of CPU
+    /// on each produce request, which the latency benchmark would measure as
+    /// the outbox's.
+    Release,
+}
+
+impl TansuBuild {
+    /// The build's directory in the tools cache, under [`tools_root`].
+    pub(crate) fn dir_name(self) -> String {
+        match self {
+            Self::Debug => format!("tansu-{TANSU_VERSION}"),
+            Self::Release => format!("tansu-{TANSU_VERSION}-release"),
+        }
+    }
+
+    /// The broker's name in benchmark reports.
+    pub(crate) fn title(self) -> String {
+        match self {
+            Self::Debug => format!("tansu {TANSU_VERSION} (debug build)"),
+            Self::Release => format!("tansu {TANSU_VERSION} (release build)"),
+        }
+    }
+}
 
 /// The cache of all tools: `target/xtask-tools`.
 pub(crate) fn tools_root(workspace_root: &Path) -> PathBuf {
     workspace_root.join("target").join("xtask-tools")
 }
 
-/// The tansu binary, built first if the cache lacks it (4 to 6 minutes on 2
-/// cores, with `cargo install`).
-pub(crate) fn ensure_tansu(workspace_root: &Path) -> Result<PathBuf> {
-    let name = format!("tansu-{TANSU_VERSION}");
-    let dir = tools_root(workspace_root).join(&name);
+/// The tansu binary of `build`, built first if the cache lacks it (with
+/// `cargo install` on 2 cores: 4 to 6 minutes for the debug build, about
+/// 10 for the release one).
+pub(crate) fn ensure_tansu(workspace_root: &Path, build: TansuBuild) -> Result<PathBuf> {
+    let dir = tools_root(workspace_root).join(build.dir_name());
     install_once(&dir, Path::new("bin/tansu"), |partial| {
+        let (profile, minutes) = match build {
+            TansuBuild::Debug => ("a debug build, for the tests", "5"),
+            TansuBuild::Release => ("a release build, for the benchmarks", "10"),
+        };
         note(&format!(
-            "building tansu {TANSU_VERSION} (the Kafka broker for the tests) with cargo \
-             install; this happens once per machine and takes about 5 minutes"
+            "building tansu {TANSU_VERSION} (the Kafka broker; {profile}) with cargo \
+             install; this happens once per machine and takes about {minutes} minutes"
         ));
         let mut install = Command::new(crate::cargo_program());
         install.args(["install", "tansu", "--version", TANSU_VERSION]);
         install.args(TANSU_INSTALL_ARGS);
+        if build == TansuBuild::Debug {
+            install.arg("--debug");
+        }
         install.arg("--root").arg(partial);
         run_installer(install)
     })

@@ -30,10 +30,10 @@ pub(crate) enum Mode {
     /// `InProcess` with a claim loop that claims, publishes and settles in turn
     /// (`pipeline_depth` 1): a diagnostic row at the target rate, what the pipeline buys.
     Unpipelined,
-    /// `InProcess` with librdkafka's `linger.ms` at 0 instead of its default of 5 ms,
-    /// which `KafkaPublisher` keeps: the other diagnostic row, what the producer's
-    /// batching delay costs or saves.
-    Linger0,
+    /// `InProcess` with librdkafka's default `linger.ms` of 5 ms instead of the 0
+    /// `KafkaPublisher` sets: the other diagnostic row, what the producer's batching
+    /// delay costs or saves.
+    Linger5,
 }
 
 impl Mode {
@@ -42,7 +42,7 @@ impl Mode {
         Self::CrossProcess,
         Self::PollOnly,
         Self::Unpipelined,
-        Self::Linger0,
+        Self::Linger5,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -51,7 +51,7 @@ impl Mode {
             Self::CrossProcess => "cross-process wake (NOTIFY)",
             Self::PollOnly => "poll only (control)",
             Self::Unpipelined => "in-process wake, pipeline depth 1",
-            Self::Linger0 => "in-process wake, linger.ms=0",
+            Self::Linger5 => "in-process wake, linger.ms=5",
         }
     }
 
@@ -61,7 +61,7 @@ impl Mode {
             Self::CrossProcess => "cross_process",
             Self::PollOnly => "poll_only",
             Self::Unpipelined => "in_process_depth1",
-            Self::Linger0 => "in_process_linger0",
+            Self::Linger5 => "in_process_linger5",
         }
     }
 
@@ -72,12 +72,12 @@ impl Mode {
 
     /// Whether this is a diagnostic row, run at the target rate only.
     pub(crate) fn diagnostic(self) -> bool {
-        matches!(self, Self::Unpipelined | Self::Linger0)
+        matches!(self, Self::Unpipelined | Self::Linger5)
     }
 
     /// Whether the writers wake the relay in-process.
     pub(crate) fn in_process(self) -> bool {
-        matches!(self, Self::InProcess | Self::Unpipelined | Self::Linger0)
+        matches!(self, Self::InProcess | Self::Unpipelined | Self::Linger5)
     }
 
     /// The relay's configuration: `base`, but for the unpipelined row.
@@ -88,10 +88,10 @@ impl Mode {
         config
     }
 
-    /// The publisher's configuration: the defaults, but for the `linger.ms=0` row.
+    /// The publisher's configuration: the defaults, but for the `linger.ms=5` row.
     pub(crate) fn kafka_config(self, kafka: &KafkaConfig) -> KafkaConfig {
         match self {
-            Self::Linger0 => kafka.clone().with_property("linger.ms", "0"),
+            Self::Linger5 => kafka.clone().with_property("linger.ms", "5"),
             _ => kafka.clone(),
         }
     }

@@ -36,8 +36,8 @@
 //!    - `in-process, pipeline depth 1` (at the target rate only): `in-process` with a
 //!      claim loop that claims, publishes and settles in turn, to show what the
 //!      pipeline (`RelayConfig::pipeline_depth`) buys; and `in-process` with
-//!      librdkafka's `linger.ms` at 0 instead of its default 5 ms, to show what the
-//!      producer's batching delay costs.
+//!      librdkafka's default `linger.ms` of 5 ms instead of the publisher's 0, to show
+//!      what the producer's batching delay costs.
 //!
 //!    Rates: `--low-rate` (an idle relay between messages: what wakes are for), `--rate`
 //!    (the target, 1000/s) and 80% of the maximum. Each table first gets `--history`
