@@ -17,6 +17,7 @@ mod m20261122_000003_outbox_log_positions;
 mod m20261123_000004_outbox_key_in_flight;
 mod m20261124_000005_outbox_lease_predicate;
 mod m20261125_000006_outbox_key_unfinished_status_first;
+mod m20261126_000007_outbox_finished_index;
 
 use sea_orm_migration::MigrationTrait;
 pub use sea_orm_migration::MigratorTrait;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_outbox_key_in_flight::Migration),
             Box::new(m20261124_000005_outbox_lease_predicate::Migration),
             Box::new(m20261125_000006_outbox_key_unfinished_status_first::Migration),
+            Box::new(m20261126_000007_outbox_finished_index::Migration),
         ]
     }
 
@@ -53,15 +55,15 @@ impl MigratorTrait for Migrator {
 }
 
 /// Creates the outbox table `table` if it is missing and brings it up to date (the log
-/// position, [`add_log_position`]; the claim indexes, [`schema::upgrade_indexes`]):
+/// position, [`add_log_position`]; the indexes, [`schema::upgrade_indexes`]):
 /// what `outbox migrate up --routes` and `SeaOrmStore::create_tables` run for each
 /// per-service table. Idempotent. `table` must be a validated identifier; it is spliced
 /// into SQL as is.
 pub async fn prepare_outbox_table<C: ConnectionTrait>(db: &C, table: &str) -> Result<(), DbErr> {
-    schema::upgrade_indexes(db, table).await?;
     for statement in schema::outbox_table(db.get_database_backend(), table) {
         db.execute_unprepared(&statement).await?;
     }
+    schema::upgrade_indexes(db, table).await?;
     add_log_position(db, table).await
 }
 

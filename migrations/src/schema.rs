@@ -32,6 +32,11 @@
 //! reads the pending rows key by key without the finished ones. See docs/storage.md for
 //! the query plans.
 //!
+//! Retention reads the rows it may delete through `_finished (published_at, seq)`,
+//! partial on PostgreSQL and SQLite (`WHERE status IN ('published', 'consumed')`), so
+//! that a purge with nothing to delete reads nothing, however many finished rows are
+//! kept ([`add_finished_index`]).
+//!
 //! On PostgreSQL the outbox table is created with aggressive per-table autovacuum
 //! settings (scale factor 0.01, no cost delay): every delivered message leaves dead
 //! tuples behind, and the default scale factor of 0.2 lets a busy outbox bloat.
@@ -201,11 +206,86 @@ pub fn outbox_table(backend: DbBackend, table: &str) -> Vec<String> {
                 LEASE_PREDICATE,
             ),
             ("status", "status, seq", "status, seq", ""),
+            FINISHED_INDEX,
         ],
     )
     .into_iter()
     .chain(key_in_flight_index(backend, table))
     .collect()
+}
+
+/// The predicate of `{table}_finished` on PostgreSQL and SQLite: the rows that retention
+/// may delete. The purge repeats it word for word, since SQLite uses a partial index
+/// only for a query whose `WHERE` holds the index's own terms.
+pub const FINISHED_PREDICATE: &str = "status IN ('published', 'consumed')";
+
+/// `{table}_finished`: the finished rows in the order retention deletes them (publish
+/// time, then write order). (suffix, columns, MySQL columns, partial-index predicate),
+/// as [`outbox_table`] lists its indexes. MySQL has no partial indexes: its
+/// `(published_at, seq)` also holds the unfinished rows, under `NULL`, which the purge's
+/// range `published_at < cutoff` never reads.
+const FINISHED_INDEX: (&str, &str, &str, &str) = (
+    "finished",
+    "published_at, seq",
+    "published_at, seq",
+    FINISHED_PREDICATE,
+);
+
+/// Adds `{table}_finished` ([`FINISHED_INDEX`]) to the existing outbox table `table` if
+/// it lacks it, so that retention reads the rows it deletes and no others. A
+/// no-op when the index exists. PostgreSQL and SQLite build it under a lock that blocks
+/// writes to the table while the build reads it; MySQL/MariaDB build it in place
+/// without blocking writes.
+pub async fn add_finished_index<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
+    use sea_orm_migration::sea_orm::Statement;
+    let backend = db.get_database_backend();
+    let (suffix, columns, mysql_columns, predicate) = FINISHED_INDEX;
+    if backend != DbBackend::MySql {
+        db.execute_unprepared(&format!(
+            "CREATE INDEX IF NOT EXISTS {table}_{suffix} ON {table} ({columns}) \
+             WHERE {predicate}"
+        ))
+        .await?;
+        return Ok(());
+    }
+    // MySQL has no `ADD INDEX IF NOT EXISTS` (MariaDB does).
+    let exists = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT 1 AS found FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND table_name = '{table}' \
+                 AND index_name = '{table}_{suffix}' LIMIT 1"
+            ),
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        db.execute_unprepared(&format!(
+            "ALTER TABLE {table} ADD INDEX {table}_{suffix} ({mysql_columns})"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Drops `{table}_finished` if it exists (the down migration of
+/// [`add_finished_index`]).
+pub(crate) async fn drop_finished_index<C: sea_orm_migration::sea_orm::ConnectionTrait>(
+    db: &C,
+    table: &str,
+) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
+    let statement = if db.get_database_backend() == DbBackend::MySql {
+        // MariaDB knows `DROP INDEX IF EXISTS`; MySQL does not.
+        format!("ALTER TABLE {table} DROP INDEX {table}_finished")
+    } else {
+        format!("DROP INDEX IF EXISTS {table}_finished")
+    };
+    db.execute_unprepared(&statement).await?;
+    Ok(())
 }
 
 /// The predicate of `{table}_lease (lease_expires_at)` on PostgreSQL and SQLite: the rows
@@ -232,15 +312,17 @@ pub const LEASE_PREDICATE: &str = "lease_expires_at IS NOT NULL";
 /// `partition_key` all equal) read the same entries in either order.
 pub const KEY_UNFINISHED_MYSQL: &str = "status, service, partition_key, seq";
 
-/// Brings an outbox table's claim indexes up to date: [`upgrade_lease_index`] on
-/// PostgreSQL and SQLite, [`upgrade_key_unfinished_index`] on MySQL/MariaDB. What
-/// [`prepare_outbox_table`](crate::prepare_outbox_table) runs for per-service tables.
+/// Brings an existing outbox table's indexes up to date: [`upgrade_lease_index`] on
+/// PostgreSQL and SQLite, [`upgrade_key_unfinished_index`] on MySQL/MariaDB, and
+/// [`add_finished_index`]. What [`prepare_outbox_table`](crate::prepare_outbox_table)
+/// runs for per-service tables.
 pub async fn upgrade_indexes<C: sea_orm_migration::sea_orm::ConnectionTrait>(
     db: &C,
     table: &str,
 ) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
     upgrade_lease_index(db, table).await?;
-    upgrade_key_unfinished_index(db, table).await
+    upgrade_key_unfinished_index(db, table).await?;
+    add_finished_index(db, table).await
 }
 
 /// Brings an outbox table's `_key_unfinished` index to [`KEY_UNFINISHED_MYSQL`] on

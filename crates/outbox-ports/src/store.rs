@@ -424,9 +424,11 @@ pub trait MessageStore: Send + Sync {
     async fn delete_dead(&self, ids: &[MessageId]) -> StoreResult<u64>;
 
     /// The retention job: deletes up to `limit` published or consumed messages that were
-    /// published before `published_before`, oldest first. Dead letters and unfinished
-    /// messages are never deleted. Returns how many it deleted; call it again while it
-    /// returns `limit`.
+    /// published before `published_before`, the earliest published first (ties in write
+    /// order). Dead letters and unfinished messages are never deleted. Returns how many
+    /// it deleted; call it again while it returns `limit`. A call with nothing to delete
+    /// should cost little however many finished messages are kept, since relays make it
+    /// periodically.
     async fn purge_finished(
         &self,
         published_before: DateTime<Utc>,

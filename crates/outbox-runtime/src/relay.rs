@@ -366,9 +366,10 @@ impl Relay {
     }
 
     /// Applies the retention policy once: deletes finished messages older than
-    /// [`RelayConfig::retention`] in batches of [`RelayConfig::purge_batch`], at most 10
-    /// batches. Returns how many it deleted. The sweeper calls it every
-    /// [`RelayConfig::retention_interval`].
+    /// [`RelayConfig::retention`] in batches of [`RelayConfig::purge_batch`], at most
+    /// 10 batches. Returns how many it deleted. The sweeper calls it every
+    /// [`RelayConfig::retention_interval`], and at its next sweep when a call deleted
+    /// all it may.
     pub async fn purge_once(&self) -> Result<u64, RelayError> {
         let Some(cutoff) = self
             .config
@@ -380,7 +381,7 @@ impl Relay {
         };
         let batch = self.config.purge_batch;
         let mut total = 0;
-        for _ in 0..10 {
+        for _ in 0..PURGE_BATCHES {
             let purged = self.store.purge_finished(cutoff, batch).await?;
             total += purged;
             if purged < batch as u64 {
@@ -509,7 +510,7 @@ impl Relay {
     }
 
     async fn sweep_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut last_purge: Option<tokio::time::Instant> = None;
+        let mut next_purge = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -523,16 +524,31 @@ impl Relay {
                     warn!(error = %e, "lease sweep failed");
                 }
             }
-            if last_purge.is_none_or(|t| t.elapsed() >= self.config.retention_interval) {
-                last_purge = Some(tokio::time::Instant::now());
-                if let Err(e) = self.purge_once().await {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "retention purge failed");
+            if tokio::time::Instant::now() >= next_purge {
+                let started = tokio::time::Instant::now();
+                // A purge that deleted all it may has more to delete: the next one runs
+                // at the next sweep, so that retention keeps up with up to
+                // `PURGE_BATCHES * purge_batch` messages per `sweep_interval`.
+                let behind = match self.purge_once().await {
+                    Ok(purged) => purged >= (PURGE_BATCHES * self.config.purge_batch) as u64,
+                    Err(e) => {
+                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "retention purge failed");
+                        false
+                    }
+                };
+                if !behind {
+                    next_purge = started + self.config.retention_interval;
                 }
             }
         }
     }
 }
+
+/// The most statements of [`RelayConfig::purge_batch`] deletions that one
+/// [`Relay::purge_once`] runs, so that a purge never keeps the sweeper from its lease
+/// sweep for long.
+const PURGE_BATCHES: usize = 10;
 
 /// Whether a claim loop claims again at once after a full batch, before that batch
 /// settles ("claiming ahead").

@@ -442,6 +442,12 @@ async fn time_purge(side: &Side, history: u64) -> Result<(), BoxError> {
         if deleted != expected {
             return Err(format!("purge deleted {deleted} rows, expected {expected}").into());
         }
+        if expected == 0 {
+            println!(
+                "plan of that purge's pick:\n{}",
+                side.store.explain_purge(cutoff, BATCH, true).await?
+            );
+        }
     }
     Ok(())
 }

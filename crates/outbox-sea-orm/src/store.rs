@@ -5,6 +5,7 @@ use crate::error::{Attempt, attempt_error, db_error};
 use crate::row::{self, ALL_COLUMNS, DELIVERY_COLUMNS, INSERT_COLUMNS};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox_migrations::schema::FINISHED_PREDICATE;
 use outbox_domain::{
     BackoffPolicy, Delivery, DeliveryEvent, ErrorText, Identifier, Lease, LeaseToken, MessageId,
     MessageLimits, MessageStatus, OutboxMessage,
@@ -205,11 +206,7 @@ impl SeaOrmStore {
     /// for when the walk is cut short (on PostgreSQL) or found nothing (MySQL/MariaDB
     /// and SQLite; on MySQL/MariaDB for the keys the claim would find blocked now).
     pub async fn explain_claim(&self, limit: usize, analyze: bool) -> StoreResult<String> {
-        let prefix = match (self.dialect, analyze) {
-            (Dialect::Postgres, true) => "EXPLAIN (ANALYZE, BUFFERS) ",
-            (Dialect::Sqlite, _) => "EXPLAIN QUERY PLAN ",
-            _ => "EXPLAIN ",
-        };
+        let prefix = self.explain_prefix(analyze);
         let request = ClaimRequest {
             owner: "explain".into(),
             limit: limit.max(1),
@@ -257,6 +254,51 @@ impl SeaOrmStore {
         }
         txn.rollback().await.map_err(db_error)?;
         Ok(out)
+    }
+
+    /// The database's plan for retention's pick of the rows that
+    /// [`purge_finished(published_before, limit)`](MessageStore::purge_finished) deletes
+    /// (`EXPLAIN`; on SQLite `EXPLAIN QUERY PLAN`), one line per plan row, for checking
+    /// that it reads them through the `_finished` index alone. With `analyze` on
+    /// PostgreSQL the query runs (`EXPLAIN (ANALYZE, BUFFERS)`; it only reads) and the
+    /// plan shows the rows it read.
+    pub async fn explain_purge(
+        &self,
+        published_before: DateTime<Utc>,
+        limit: usize,
+        analyze: bool,
+    ) -> StoreResult<String> {
+        let sql = self.purge_pick(self.explain_prefix(analyze), published_before, limit.max(1));
+        let rows = self.db.query_all_raw(sql.build()).await.map_err(db_error)?;
+        Ok(rows.iter().map(|r| plan_row(r) + "\n").collect())
+    }
+
+    fn explain_prefix(&self, analyze: bool) -> &'static str {
+        match (self.dialect, analyze) {
+            (Dialect::Postgres, true) => "EXPLAIN (ANALYZE, BUFFERS) ",
+            (Dialect::Sqlite, _) => "EXPLAIN QUERY PLAN ",
+            _ => "EXPLAIN ",
+        }
+    }
+
+    /// `prefix`, then retention's pick: the `seq` of at most `limit` finished rows
+    /// published before `published_before`, oldest published first (ties in write
+    /// order), read through `_finished`, which holds them in that order. A purge that has
+    /// caught up therefore reads nothing, whatever the finished rows kept.
+    fn purge_pick(&self, prefix: &str, published_before: DateTime<Utc>, limit: usize) -> Sql {
+        let t = self.table();
+        let dl = self.dialect;
+        let hint = dl.index_hint(&format!("{t}_finished"));
+        let mut sql = Sql::new(
+            dl,
+            format!(
+                "{prefix}SELECT seq FROM {t}{hint} WHERE {FINISHED_PREDICATE} AND published_at < "
+            ),
+        );
+        sql.bind(dl.time(Some(published_before)))
+            .push(" ORDER BY published_at, seq LIMIT ")
+            .bind(limit_value(limit));
+        sql
     }
 
     /// Writes `messages` as pending, in order, through `conn`: pass your own
@@ -1730,33 +1772,23 @@ impl MessageStore for SeaOrmStore {
         }
         let t = self.table();
         let dl = self.dialect;
-        let finished = "status IN ('published', 'consumed') AND published_at < ";
-        // Oldest first in write order, walking the primary key: finished rows are the old
-        // ones, so a batch is found after few rows.
-        let (head, tail) = match dl {
-            Dialect::MySql => (format!("SELECT seq FROM {t} FORCE INDEX (PRIMARY)"), ""),
-            _ => (
-                format!("DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t}"),
-                ")",
-            ),
-        };
-        let mut pick = Sql::new(dl, format!("{head} WHERE {finished}"));
-        pick.bind(dl.time(Some(published_before)))
-            .push(" ORDER BY seq LIMIT ")
-            .bind(limit_value(limit))
-            .push(tail);
         if dl != Dialect::MySql {
-            let result = self.db.execute_raw(pick.build()).await.map_err(db_error)?;
+            let mut sql =
+                self.purge_pick(&format!("DELETE FROM {t} WHERE seq IN ("), published_before, limit);
+            sql.push(")");
+            let result = self.db.execute_raw(sql.build()).await.map_err(db_error)?;
             return Ok(result.rows_affected());
         }
-        // MySQL cannot `LIMIT` an `IN (subquery)`, and its `DELETE … ORDER BY … LIMIT`
-        // sorts the whole finished range: select the batch, then delete it (re-checking
-        // the condition; finished rows never become unfinished again).
-        let seqs = query_seqs(&self.db, pick).await?;
+        // MySQL cannot `LIMIT` an `IN (subquery)`: select the batch, then delete it
+        // (re-checking the condition; finished rows never become unfinished again).
+        let seqs = query_seqs(&self.db, self.purge_pick("", published_before, limit)).await?;
         if seqs.is_empty() {
             return Ok(0);
         }
-        let mut sql = Sql::new(dl, format!("DELETE FROM {t} WHERE {finished}"));
+        let mut sql = Sql::new(
+            dl,
+            format!("DELETE FROM {t} WHERE {FINISHED_PREDICATE} AND published_at < "),
+        );
         sql.bind(dl.time(Some(published_before)))
             .push(" AND seq IN ")
             .bind_list(seqs);

@@ -376,16 +376,22 @@ impl MessageStore for InMemoryStore {
         limit: usize,
     ) -> StoreResult<u64> {
         let mut state = self.lock();
-        let doomed: Vec<usize> = state
+        let mut doomed: Vec<(DateTime<Utc>, usize)> = state
             .log
             .iter()
             .filter(|(_, (_, d))| {
                 matches!(d.status, MessageStatus::Published | MessageStatus::Consumed)
-                    && d.published_at.is_some_and(|at| at < published_before)
             })
-            .map(|(&i, _)| i)
-            .take(limit)
+            .filter_map(|(&i, (_, d))| {
+                d.published_at
+                    .filter(|&at| at < published_before)
+                    .map(|at| (at, i))
+            })
             .collect();
+        // Oldest published first, ties in write order.
+        doomed.sort_unstable();
+        doomed.truncate(limit);
+        let doomed: Vec<usize> = doomed.into_iter().map(|(_, i)| i).collect();
         for idx in &doomed {
             if let Some((m, _)) = state.log.remove(idx) {
                 state.by_id.remove(&m.id);

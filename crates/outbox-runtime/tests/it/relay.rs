@@ -748,6 +748,64 @@ async fn purge_deletes_finished_messages_after_the_retention_period() {
     );
 }
 
+/// A purge that deleted all it may (10 statements of `purge_batch`) has more to delete:
+/// the sweeper purges again at its next sweep, not a retention interval later, until
+/// retention has caught up. Then it waits for the interval.
+#[tokio::test]
+async fn a_purge_that_is_behind_runs_again_at_the_next_sweep_until_caught_up() {
+    let clock = ManualClock::fixed();
+    let store = InMemoryStore::new();
+    let broker = InMemoryPublisher::new();
+    let mut cfg = config(100);
+    cfg.retention = Some(Duration::from_secs(3600));
+    cfg.purge_batch = 2;
+    cfg.retention_interval = Duration::from_secs(3600);
+    let relay = Relay::new(Arc::new(store.clone()), Arc::new(broker.clone()), cfg)
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()));
+    let old: Vec<_> = (0..100)
+        .map(|i| msg(&format!("k{i}"), i, clock.now()))
+        .collect();
+    store.enqueue(old).await.unwrap();
+    assert_eq!(relay.run_once().await.unwrap().published, 100);
+    clock.advance(Duration::from_secs(3601));
+
+    // 100 messages past retention and 20 per purge: five sweeps 20 ms apart, where one
+    // purge an hour would have left 80 of them.
+    let handle = relay.spawn(CancellationToken::new());
+    // The published messages kept, once there are `want` or after 10 s.
+    let published = |want: u64| {
+        let store = store.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let kept = store.stats().await.unwrap().published;
+                if kept == want || tokio::time::Instant::now() >= deadline {
+                    return kept;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(published(0).await, 0, "retention caught up sweep by sweep");
+
+    // Caught up, the next purge waits for the retention interval.
+    let young: Vec<_> = (0..3)
+        .map(|i| msg(&format!("young{i}"), i, clock.now()))
+        .collect();
+    store.enqueue(young).await.unwrap();
+    handle.notify();
+    assert_eq!(published(3).await, 3);
+    clock.advance(Duration::from_secs(3601));
+    tokio::time::sleep(Duration::from_millis(300)).await; // 15 sweeps
+    assert!(handle.shutdown().await);
+    assert_eq!(
+        store.stats().await.unwrap().published,
+        3,
+        "purged again only after the retention interval"
+    );
+}
+
 /// The relay counts published, retried and dead messages per service and topic, and
 /// records batch sizes and latencies, on a recorder local to this test's thread.
 #[test]

@@ -17,6 +17,7 @@ mod inbox;
 mod log;
 mod migrate;
 mod plan;
+mod retention;
 mod routing;
 mod wake;
 

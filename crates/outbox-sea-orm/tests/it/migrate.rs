@@ -75,8 +75,8 @@ async fn the_lease_index_is_upgraded_to_its_own_predicate(backend: Backend) {
     };
     assert!(upgraded(lease_index(&db, backend).await), "a fresh schema");
 
-    // Migrations 6 and 5.
-    Migrator::down(&db, Some(2)).await.unwrap();
+    // Migrations 7, 6 and 5.
+    Migrator::down(&db, Some(3)).await.unwrap();
     let before = lease_index(&db, backend).await;
     assert!(
         before.is_none() || !upgraded(before.clone()),
@@ -85,7 +85,7 @@ async fn the_lease_index_is_upgraded_to_its_own_predicate(backend: Backend) {
     Migrator::up(&db, None).await.unwrap();
     assert!(upgraded(lease_index(&db, backend).await), "migration 5");
 
-    Migrator::down(&db, Some(2)).await.unwrap();
+    Migrator::down(&db, Some(3)).await.unwrap();
     outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
         .await
         .unwrap();
@@ -98,9 +98,55 @@ async fn the_lease_index_is_upgraded_to_its_own_predicate(backend: Backend) {
         .expect("idempotent");
 }
 
+/// Whether the outbox table has `outbox_messages_finished`.
+async fn has_finished_index(db: &sea_orm::DatabaseConnection, backend: Backend) -> bool {
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT indexname FROM pg_indexes WHERE indexname = 'outbox_messages_finished'"
+        }
+        Backend::MySql => {
+            "SELECT index_name FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name = 'outbox_messages' \
+             AND index_name = 'outbox_messages_finished'"
+        }
+        _ => "SELECT name FROM sqlite_master WHERE name = 'outbox_messages_finished'",
+    };
+    db.query_one_raw(sea_orm::Statement::from_string(
+        db.get_database_backend(),
+        sql,
+    ))
+    .await
+    .unwrap()
+    .is_some()
+}
+
+/// Migration 7 adds the index retention reads by; rolled back, it is gone, and
+/// `prepare_outbox_table` (what per-service tables get) adds it too.
+async fn the_finished_index_is_added_to_existing_tables(backend: Backend) {
+    let db = fresh_db(backend, "migrate_finished").await;
+    assert!(has_finished_index(&db, backend).await, "a fresh schema");
+    Migrator::down(&db, Some(1)).await.unwrap();
+    assert!(!has_finished_index(&db, backend).await, "rolled back");
+    Migrator::up(&db, None).await.unwrap();
+    assert!(has_finished_index(&db, backend).await, "migration 7");
+
+    Migrator::down(&db, Some(1)).await.unwrap();
+    outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
+        .await
+        .unwrap();
+    assert!(
+        has_finished_index(&db, backend).await,
+        "prepare_outbox_table"
+    );
+    outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
+        .await
+        .expect("idempotent");
+}
+
 on_every_backend!(
     up_status_down_fresh,
-    the_lease_index_is_upgraded_to_its_own_predicate
+    the_lease_index_is_upgraded_to_its_own_predicate,
+    the_finished_index_is_added_to_existing_tables
 );
 
 /// The columns of `outbox_messages_key_unfinished` on MySQL/MariaDB, in index order.
@@ -130,16 +176,16 @@ async fn on_mysql_the_key_unfinished_index_is_upgraded_to_lead_with_the_status()
         UPGRADED,
         "a fresh schema"
     );
-    Migrator::down(&db, Some(1)).await.unwrap();
+    Migrator::down(&db, Some(2)).await.unwrap();
     assert_eq!(
         key_unfinished_columns(&db).await,
         "service,partition_key,status,seq",
         "rolled back"
     );
     Migrator::up(&db, None).await.unwrap();
-    assert_eq!(key_unfinished_columns(&db).await, UPGRADED, "migration 6");
+    assert_eq!(key_unfinished_columns(&db).await, UPGRADED, "migrations 6 and 7");
 
-    Migrator::down(&db, Some(1)).await.unwrap();
+    Migrator::down(&db, Some(2)).await.unwrap();
     outbox_migrations::prepare_outbox_table(&db, "outbox_messages")
         .await
         .unwrap();

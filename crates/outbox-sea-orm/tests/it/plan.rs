@@ -179,7 +179,7 @@ async fn a_claim_with_every_key_in_flight_reads_a_bounded_share_of_the_backlog()
 }
 
 /// The index and row reads of the session so far (`Handler_read_%`), on MySQL/MariaDB.
-async fn handler_reads(db: &sea_orm::DatabaseConnection) -> u64 {
+pub(crate) async fn handler_reads(db: &sea_orm::DatabaseConnection) -> u64 {
     db.query_all_raw(sea_orm::Statement::from_string(
         db.get_database_backend(),
         "SHOW SESSION STATUS LIKE 'Handler_read%'",

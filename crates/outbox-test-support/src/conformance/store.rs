@@ -785,8 +785,8 @@ pub async fn enqueue_rejects_invalid_messages<S: MessageStore + ?Sized>(store: &
 }
 
 /// Retention deletes published and consumed messages published strictly before the
-/// cutoff, at most `limit` per call, oldest first in write order; dead letters and
-/// unfinished messages are kept, and the kept ones still work.
+/// cutoff, at most `limit` per call, the earliest published first and ties in write
+/// order; dead letters and unfinished messages are kept, and the kept ones still work.
 pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(store: &S) {
     // m0..m6 get claimed; p7, p8 are enqueued later and never claimed.
     let m: Vec<_> = (0..7).map(|n| message(&format!("k{n}"), n)).collect();
@@ -799,6 +799,11 @@ pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(
     let dead = Disposition::Dead {
         error: ErrorText::new("rejected"),
     };
+    // m5 is published first, though written last of the purgeable ones.
+    store
+        .settle(vec![settle(c(5), Disposition::Published)], at(8))
+        .await
+        .expect("settle");
     store
         .settle(
             vec![
@@ -807,7 +812,6 @@ pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(
                 settle(c(2), Disposition::Published),
                 settle(c(3), Disposition::Published),
                 // m4 stays in flight.
-                settle(c(5), Disposition::Published),
                 settle(c(6), retry_at(1000)),
             ],
             at(10),
@@ -824,14 +828,14 @@ pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(
     let p: Vec<_> = (7..9).map(|n| message(&format!("k{n}"), n)).collect();
     store.enqueue(p.clone()).await.expect("enqueue");
 
-    // Purgeable: m0, m2 (consumed), m3, m5, all published at at(10).
+    // Purgeable: m5, published at at(8); m0, m2 (consumed) and m3, published at at(10).
     assert_eq!(
         store.purge_finished(at(5), 100).await.expect("purge"),
         0,
         "nothing was published before the cutoff"
     );
     assert_eq!(
-        store.purge_finished(at(10), 100).await.expect("purge"),
+        store.purge_finished(at(8), 100).await.expect("purge"),
         0,
         "the cutoff is exclusive"
     );
@@ -842,19 +846,19 @@ pub async fn purge_finished_keeps_dead_and_unfinished<S: MessageStore + ?Sized>(
         3,
         "at most `limit` per call"
     );
-    for gone in [0, 2, 3] {
+    for gone in [5, 0, 2] {
         assert!(
             store.get(m[gone].id).await.expect("get").is_none(),
-            "m{gone} is among the 3 oldest finished and was purged"
+            "m{gone} is among the 3 earliest published and was purged"
         );
     }
     assert_eq!(
-        status(store, m[5].id).await,
+        status(store, m[3].id).await,
         MessageStatus::Published,
-        "the youngest finished message waits for the next call"
+        "published with m0 and m2 but written after them, m3 waits for the next call"
     );
     assert_eq!(store.purge_finished(at(20), 3).await.expect("purge"), 1);
-    assert!(store.get(m[5].id).await.expect("get").is_none());
+    assert!(store.get(m[3].id).await.expect("get").is_none());
     assert_eq!(store.purge_finished(at(20), 3).await.expect("purge"), 0);
 
     assert_eq!(status(store, m[1].id).await, MessageStatus::Dead);
