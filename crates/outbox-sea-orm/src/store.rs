@@ -5,11 +5,11 @@ use crate::error::{Attempt, attempt_error, db_error};
 use crate::row::{self, ALL_COLUMNS, DELIVERY_COLUMNS, INSERT_COLUMNS};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use outbox_migrations::schema::FINISHED_PREDICATE;
 use outbox_domain::{
     BackoffPolicy, Delivery, DeliveryEvent, ErrorText, Identifier, Lease, LeaseToken, MessageId,
     MessageLimits, MessageStatus, OutboxMessage,
 };
+use outbox_migrations::schema::FINISHED_PREDICATE;
 use outbox_ports::{
     ClaimRequest, ClaimedMessage, Disposition, ListFilter, MessageStore, OutboxStats, SettleReport,
     Settlement, StoreError, StoreResult, StoredMessage,
@@ -1773,8 +1773,11 @@ impl MessageStore for SeaOrmStore {
         let t = self.table();
         let dl = self.dialect;
         if dl != Dialect::MySql {
-            let mut sql =
-                self.purge_pick(&format!("DELETE FROM {t} WHERE seq IN ("), published_before, limit);
+            let mut sql = self.purge_pick(
+                &format!("DELETE FROM {t} WHERE seq IN ("),
+                published_before,
+                limit,
+            );
             sql.push(")");
             let result = self.db.execute_raw(sql.build()).await.map_err(db_error)?;
             return Ok(result.rows_affected());

@@ -183,7 +183,11 @@ async fn on_mysql_the_key_unfinished_index_is_upgraded_to_lead_with_the_status()
         "rolled back"
     );
     Migrator::up(&db, None).await.unwrap();
-    assert_eq!(key_unfinished_columns(&db).await, UPGRADED, "migrations 6 and 7");
+    assert_eq!(
+        key_unfinished_columns(&db).await,
+        UPGRADED,
+        "migrations 6 and 7"
+    );
 
     Migrator::down(&db, Some(2)).await.unwrap();
     outbox_migrations::prepare_outbox_table(&db, "outbox_messages")

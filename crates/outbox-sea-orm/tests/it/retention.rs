@@ -45,11 +45,15 @@ async fn publish(store: &SeaOrmStore, prefix: &str, n: usize, at: DateTime<Utc>)
     }
 }
 
-/// The `actual … rows=N` of the plan line that scans `_finished` (PostgreSQL).
+/// The `actual … rows=N` of the plan line that reads `_finished` (PostgreSQL: an index
+/// scan, or a bitmap index scan under a sort when few rows are expected).
 fn finished_rows(plan: &str) -> u64 {
     let line = plan
         .lines()
-        .find(|l| l.contains("using outbox_messages_finished"))
+        .find(|l| {
+            l.contains("Scan using outbox_messages_finished")
+                || l.contains("Scan on outbox_messages_finished")
+        })
         .unwrap_or_else(|| panic!("the purge does not read the _finished index:\n{plan}"));
     let actual = line.split("actual").nth(1).unwrap();
     let rows = actual.split("rows=").nth(1).unwrap();
@@ -78,7 +82,8 @@ async fn a_purge_that_has_caught_up_reads_none_of_the_kept_rows(backend: Backend
         "the purge does not read the _finished index:\n{plan}"
     );
     match backend {
-        Backend::Postgres => assert_eq!(finished_rows(&plan), 0, "{plan}"),
+        // At most the entries of the rows just purged, until vacuum removes them.
+        Backend::Postgres => assert!(finished_rows(&plan) <= OLD as u64, "{plan}"),
         Backend::MySql => {
             // What reading the counters costs by itself.
             let before = handler_reads(&db).await;
