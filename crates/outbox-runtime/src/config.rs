@@ -80,9 +80,9 @@ pub struct RelayConfig {
     /// them (default 7 days; `None` keeps them forever). Dead letters are never deleted.
     pub retention: Option<Duration>,
     /// Messages deleted per retention statement (default 1000), so that no statement
-    /// holds locks for long. A purge runs at most 10 such statements; one that ran them all runs again at the next sweep, so
-    /// retention deletes up to 10 × `purge_batch` messages per `sweep_interval` (2,000/s
-    /// by default) until it has caught up.
+    /// holds locks for long. A purge runs at most 10 such statements; one that ran them
+    /// all runs again at the next sweep, so retention deletes up to 10 × `purge_batch`
+    /// messages per `sweep_interval` (2,000/s by default) until it has caught up.
     pub purge_batch: usize,
     /// How often the sweeper applies the retention policy once it has caught up
     /// (default 10 minutes). Behind, it purges at every sweep (see `purge_batch`).

@@ -25,8 +25,9 @@
 //! 4. The report gives the median and p90 per database and the ratio B/A of the
 //!    medians. The exit code is 1 when that ratio exceeds `--max-ratio` (1.5).
 //! 5. With `--purge`, retention on B is timed too: one `purge_finished(cutoff, 1000)`
-//!    with the cutoff before every `published_at` (deletes nothing), then one with it
-//!    after every `published_at` (deletes the 1000 oldest rows).
+//!    with the cutoff before every `published_at` (deletes nothing; its plan is
+//!    printed, `explain_purge`), then one with it after every `published_at` (deletes
+//!    the 1000 earliest published rows).
 //!
 //! The databases are dropped at the end, also when a step fails.
 
@@ -60,7 +61,8 @@ OPTIONS:
     --rounds N           at most this many rounds            [default: until drained]
     --max-ratio X        fail above this median ratio B/A    [default: 1.5]
     --purge              also time purge_finished(cutoff, 1000) on B, once with
-                         nothing to delete and once with a full batch
+                         nothing to delete (and print its plan) and once with a
+                         full batch
     --keep               keep the databases (to look at plans), print their names
 ";
 
