@@ -272,8 +272,7 @@ pub async fn add_finished_index<C: sea_orm_migration::sea_orm::ConnectionTrait>(
     Ok(())
 }
 
-/// Drops `{table}_finished` if it exists (the down migration of
-/// [`add_finished_index`]).
+/// Drops `{table}_finished`: the down migration of [`add_finished_index`].
 pub(crate) async fn drop_finished_index<C: sea_orm_migration::sea_orm::ConnectionTrait>(
     db: &C,
     table: &str,

@@ -14,6 +14,8 @@ use std::time::Duration;
 const KEPT: usize = 5_000;
 /// Finished messages past it, written first.
 const OLD: usize = 10;
+/// Messages still pending (on MySQL/MariaDB they are in `_finished` too, under `NULL`).
+const PENDING: usize = 1_000;
 
 /// Enqueues `n` messages on keys of their own and publishes them, as published at `at`.
 async fn publish(store: &SeaOrmStore, prefix: &str, n: usize, at: DateTime<Utc>) {
@@ -70,6 +72,10 @@ async fn a_purge_that_has_caught_up_reads_none_of_the_kept_rows(backend: Backend
     let now = Utc::now();
     publish(&store, "old", OLD, now - chrono::Duration::hours(2)).await;
     publish(&store, "kept", KEPT, now).await;
+    let pending = (0..PENDING)
+        .map(|i| order_message(&format!("pending-{i}"), i))
+        .collect();
+    store.enqueue(pending).await.unwrap();
     let cutoff = now - chrono::Duration::hours(1);
     assert_eq!(
         store.purge_finished(cutoff, 1_000).await.unwrap(),
@@ -94,7 +100,7 @@ async fn a_purge_that_has_caught_up_reads_none_of_the_kept_rows(backend: Backend
             assert!(
                 read < 50,
                 "a purge with nothing to delete read {read} index entries and rows \
-                 beside {KEPT} finished rows kept"
+                 beside {KEPT} finished rows kept and {PENDING} pending ones"
             );
         }
         // SQLite's query plan has no row counts: the index it names is the check.
