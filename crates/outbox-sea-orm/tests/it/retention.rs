@@ -6,9 +6,9 @@ use crate::enqueue::on_every_backend;
 use crate::plan::handler_reads;
 use crate::{Backend, fresh_db_url, order_message};
 use chrono::{DateTime, Utc};
-use outbox_ports::{ClaimRequest, Disposition, MessageStore, Settlement};
+use outbox_ports::MessageStore;
 use outbox_sea_orm::SeaOrmStore;
-use std::time::Duration;
+use outbox_test_support::mark_published;
 
 /// Finished messages within retention.
 const KEPT: usize = 5_000;
@@ -17,7 +17,8 @@ const OLD: usize = 10;
 /// Messages still pending (on MySQL/MariaDB they are in `_finished` too, under `NULL`).
 const PENDING: usize = 1_000;
 
-/// Enqueues `n` messages on keys of their own and publishes them, as published at `at`.
+/// Enqueues `n` messages on keys of their own and publishes them, as published at `at`
+/// (which must not be before now: they are claimed then).
 async fn publish(store: &SeaOrmStore, prefix: &str, n: usize, at: DateTime<Utc>) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
         let messages = chunk
@@ -25,25 +26,10 @@ async fn publish(store: &SeaOrmStore, prefix: &str, n: usize, at: DateTime<Utc>)
             .map(|&i| order_message(&format!("{prefix}-{i}"), i))
             .collect();
         store.enqueue(messages).await.unwrap();
-        let claimed = store
-            .claim(&ClaimRequest {
-                owner: "relay".into(),
-                limit: chunk.len(),
-                lease_for: Duration::from_secs(300),
-                now: Utc::now(),
-            })
+        let claimed = mark_published(store, "relay", chunk.len(), at)
             .await
             .unwrap();
         assert_eq!(claimed.len(), chunk.len());
-        let settlements = claimed
-            .iter()
-            .map(|c| Settlement {
-                id: c.message.id,
-                token: c.lease.token,
-                disposition: Disposition::Published,
-            })
-            .collect();
-        store.settle(settlements, at).await.unwrap();
     }
 }
 
@@ -69,14 +55,15 @@ async fn a_purge_that_has_caught_up_reads_none_of_the_kept_rows(backend: Backend
     options.max_connections(1).min_connections(1);
     let db = sea_orm::Database::connect(options).await.unwrap();
     let store = SeaOrmStore::new(db.clone(), Default::default()).unwrap();
+    // Published a minute on (due by then), and two hours on; the cutoff between them.
     let now = Utc::now();
-    publish(&store, "old", OLD, now - chrono::Duration::hours(2)).await;
-    publish(&store, "kept", KEPT, now).await;
+    publish(&store, "old", OLD, now + chrono::Duration::minutes(1)).await;
+    publish(&store, "kept", KEPT, now + chrono::Duration::hours(2)).await;
     let pending = (0..PENDING)
         .map(|i| order_message(&format!("pending-{i}"), i))
         .collect();
     store.enqueue(pending).await.unwrap();
-    let cutoff = now - chrono::Duration::hours(1);
+    let cutoff = now + chrono::Duration::hours(1);
     assert_eq!(
         store.purge_finished(cutoff, 1_000).await.unwrap(),
         OLD as u64
