@@ -122,17 +122,21 @@ fn with_indexes(
     let mut out = vec![format!(
         "CREATE TABLE IF NOT EXISTS {table} ({columns}\n){table_options}"
     )];
-    for (suffix, columns, _, predicate) in indexes {
-        let predicate = if predicate.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {predicate}")
-        };
-        out.push(format!(
-            "CREATE INDEX IF NOT EXISTS {table}_{suffix} ON {table} ({columns}){predicate}"
-        ));
+    for &(suffix, columns, _, predicate) in indexes {
+        out.push(create_index(table, suffix, columns, predicate));
     }
     out
+}
+
+/// `CREATE INDEX IF NOT EXISTS {table}_{suffix}` over `columns`, partial when
+/// `predicate` is not empty (PostgreSQL and SQLite).
+fn create_index(table: &str, suffix: &str, columns: &str, predicate: &str) -> String {
+    let predicate = if predicate.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {predicate}")
+    };
+    format!("CREATE INDEX IF NOT EXISTS {table}_{suffix} ON {table} ({columns}){predicate}")
 }
 
 /// Statements that create an outbox table called `table`, without its log position
@@ -244,11 +248,8 @@ pub async fn add_finished_index<C: sea_orm_migration::sea_orm::ConnectionTrait>(
     let backend = db.get_database_backend();
     let (suffix, columns, mysql_columns, predicate) = FINISHED_INDEX;
     if backend != DbBackend::MySql {
-        db.execute_unprepared(&format!(
-            "CREATE INDEX IF NOT EXISTS {table}_{suffix} ON {table} ({columns}) \
-             WHERE {predicate}"
-        ))
-        .await?;
+        db.execute_unprepared(&create_index(table, suffix, columns, predicate))
+            .await?;
         return Ok(());
     }
     // MySQL has no `ADD INDEX IF NOT EXISTS` (MariaDB does).

@@ -47,8 +47,8 @@ fn assert_status(url: &str, applied: usize) {
     }
 }
 
-/// status → up → status → down (twice) → status → up one step, an application table,
-/// fresh.
+/// status → up → status → down one step at a time to none, with the status after each
+/// → up one step, an application table, fresh.
 fn up_down_status_fresh(url: &str) {
     assert_status(url, 0);
     let run = migrate(url, &["up"]);

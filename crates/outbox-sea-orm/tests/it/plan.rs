@@ -35,15 +35,19 @@ async fn fill(store: &outbox_sea_orm::SeaOrmStore, status: &str, n: u64) {
         .unwrap();
 }
 
-/// The `actual … rows=N` of the plan line that scans `_due`.
-fn due_rows(plan: &str) -> u64 {
-    let line = plan
-        .lines()
-        .find(|l| l.contains("Index Scan using outbox_messages_due"))
-        .unwrap_or_else(|| panic!("the claim does not walk the _due index:\n{plan}"));
+/// The `actual … rows=N` of the first line of a PostgreSQL `EXPLAIN ANALYZE` plan that
+/// `is_scan` picks; `None` without such a line.
+pub(crate) fn actual_rows(plan: &str, is_scan: impl Fn(&str) -> bool) -> Option<u64> {
+    let line = plan.lines().find(|l| is_scan(l))?;
     let actual = line.split("actual").nth(1).unwrap();
     let rows = actual.split("rows=").nth(1).unwrap();
-    rows.split_whitespace().next().unwrap().parse().unwrap()
+    Some(rows.split_whitespace().next().unwrap().parse().unwrap())
+}
+
+/// The `actual … rows=N` of the plan line that scans `_due`.
+fn due_rows(plan: &str) -> u64 {
+    actual_rows(plan, |l| l.contains("Index Scan using outbox_messages_due"))
+        .unwrap_or_else(|| panic!("the claim does not walk the _due index:\n{plan}"))
 }
 
 /// The shared buffers the whole claim touched (its plan's first `Buffers:` line).

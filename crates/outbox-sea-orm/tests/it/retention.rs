@@ -3,7 +3,7 @@
 //! them, by the primary key, on each call.)
 
 use crate::enqueue::on_every_backend;
-use crate::plan::handler_reads;
+use crate::plan::{actual_rows, handler_reads};
 use crate::{Backend, fresh_db_url, order_message};
 use chrono::{DateTime, Utc};
 use outbox_ports::MessageStore;
@@ -36,16 +36,11 @@ async fn publish(store: &SeaOrmStore, prefix: &str, n: usize, at: DateTime<Utc>)
 /// The `actual … rows=N` of the plan line that reads `_finished` (PostgreSQL: an index
 /// scan, or a bitmap index scan under a sort when few rows are expected).
 fn finished_rows(plan: &str) -> u64 {
-    let line = plan
-        .lines()
-        .find(|l| {
-            l.contains("Scan using outbox_messages_finished")
-                || l.contains("Scan on outbox_messages_finished")
-        })
-        .unwrap_or_else(|| panic!("the purge does not read the _finished index:\n{plan}"));
-    let actual = line.split("actual").nth(1).unwrap();
-    let rows = actual.split("rows=").nth(1).unwrap();
-    rows.split_whitespace().next().unwrap().parse().unwrap()
+    actual_rows(plan, |l| {
+        l.contains("Scan using outbox_messages_finished")
+            || l.contains("Scan on outbox_messages_finished")
+    })
+    .unwrap_or_else(|| panic!("the purge does not read the _finished index:\n{plan}"))
 }
 
 async fn a_purge_that_has_caught_up_reads_none_of_the_kept_rows(backend: Backend) {
